@@ -1,0 +1,78 @@
+"""Features of a frame of events at query points, through the kernel: the path preview and offline share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .definitions import FeatureSet
+from .kernel import EventBatch, Levels, build_levels, read
+from .schema import entity_keys, to_epoch_ms
+
+
+def apply_transforms(feature_set: FeatureSet, frame: pd.DataFrame) -> pd.DataFrame:
+    """Run the set's row-level transforms (batch functions) in order; each must return a frame of equal length."""
+    for transform in feature_set.transforms:
+        result = transform(frame)
+        if not isinstance(result, pd.DataFrame) or len(result) != len(frame):
+            name = getattr(transform, "__name__", repr(transform))
+            raise ValueError(f"transform {name!r} of {feature_set.name!r} must return a DataFrame of the same length")
+        frame = result
+    return frame
+
+
+def aggregation_columns(feature_set: FeatureSet, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The aggregated columns as numpy: numbers as float64 with NaN for null, anything else as objects."""
+    out = {}
+    for column in feature_set.plan.fields_by_column:
+        if column not in frame.columns:
+            raise KeyError(f"feature set {feature_set.name!r}: events lack aggregated column {column!r}")
+        series = frame[column]
+        if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            out[column] = series.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            out[column] = series.astype(object).where(series.notna(), None).to_numpy(dtype=object)
+    return out
+
+
+def event_batch(feature_set: FeatureSet, frame: pd.DataFrame, codes: np.ndarray, seq: np.ndarray) -> EventBatch:
+    """Transformed events -> the kernel's columnar batch."""
+    ts = to_epoch_ms(frame[feature_set.timestamp_key])
+    return EventBatch(np.asarray(codes, np.int64), ts, np.asarray(seq, np.int64), aggregation_columns(feature_set, frame))
+
+
+def features_at(
+    feature_set: FeatureSet,
+    events: pd.DataFrame,
+    query_keys: np.ndarray,
+    query_ts: np.ndarray,
+    seq: np.ndarray | None = None,
+    features: list[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Aggregated features at each (entity key, t): build tiles from ``events``, then read them.
+
+    ``seq`` orders events of equal timestamp (arrival order); by default the row order.
+    """
+    events = apply_transforms(feature_set, events.reset_index(drop=True))
+    event_keys = entity_keys(feature_set, events)
+    codes, uniques = pd.factorize(np.concatenate([event_keys, np.asarray(query_keys, dtype=object)]))
+    n = len(events)
+    batch = event_batch(feature_set, events, codes[:n], np.arange(n) if seq is None else seq)
+    levels: Levels = build_levels(feature_set.plan, batch)
+    return read(feature_set.plan, levels, codes[n:], np.asarray(query_ts, np.int64), features)
+
+
+def apply_on_read(feature_set: FeatureSet, request: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
+    """Add the set's on-read features, computed from request columns and aggregated features."""
+    if not feature_set.on_read:
+        return features
+    frame = pd.concat([request.reset_index(drop=True), features.reset_index(drop=True)], axis=1)
+    frame = frame.loc[:, ~frame.columns.duplicated(keep="last")]
+    out = features.reset_index(drop=True).copy()
+    for derived in feature_set.on_read:
+        missing = [c for c in derived.inputs if c not in frame.columns]
+        if missing:
+            out[derived.name] = np.nan
+            continue
+        out[derived.name] = pd.Series(derived.fn(frame), index=frame.index)
+    return out

@@ -1,0 +1,35 @@
+"""Load a project's definitions (a Registry, or FeatureSets and FeatureVectors) from a Python file or module."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from .definitions import FeatureSet, FeatureVector, Registry
+
+
+def load_registry(target: str) -> Registry:
+    """``target`` is a path to a .py file or a dotted module name; it must define a Registry or FeatureSets."""
+    if target.endswith(".py") or Path(target).is_file():
+        path = Path(target)
+        if not path.is_file():
+            raise FileNotFoundError(f"definitions file {target!r} does not exist")
+        name = f"featurestream_definitions_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    registries = [v for v in vars(module).values() if isinstance(v, Registry)]
+    if len(registries) == 1:
+        return registries[0]
+    if len(registries) > 1:
+        raise ValueError(f"definitions {target!r} define {len(registries)} Registry objects; keep one")
+    sets = [v for v in vars(module).values() if isinstance(v, FeatureSet)]
+    vectors = [v for v in vars(module).values() if isinstance(v, FeatureVector)]
+    if not sets:
+        raise ValueError(f"definitions {target!r} define no FeatureSet")
+    return Registry(sets, vectors)

@@ -1,0 +1,181 @@
+"""Decoding and validation of events, shared by the worker and the sink (same rules both sides).
+
+Kafka payloads are JSON objects. Timestamps are epoch milliseconds (int) or ISO-8601 strings and
+become int64 UTC milliseconds. An event that cannot be decoded or validated is returned as a
+``Rejected`` with a one-line reason, never raised: callers dead-letter it and go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from .definitions import FeatureSet
+from .durations import parse_duration
+
+DEFAULT_MAX_FUTURE = "1h"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An event that failed decoding or validation: its position in the batch, the reason, the raw bytes."""
+
+    index: int
+    reason: str
+    raw: bytes | None = None
+
+
+class InvalidValue(ValueError):
+    """A field's value does not fit its declared type."""
+
+
+def parse_timestamp(value) -> int:
+    """Epoch milliseconds (int) or an ISO-8601 string -> int epoch ms (UTC; naive strings are UTC)."""
+    if isinstance(value, bool):
+        raise InvalidValue(f"timestamp must be epoch ms or ISO-8601, got boolean {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise InvalidValue(f"timestamp must be whole epoch milliseconds, got {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidValue(f"timestamp {value[:64]!r} is not ISO-8601") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return int(parsed.timestamp() * 1000)
+    raise InvalidValue(f"timestamp must be epoch ms or ISO-8601, got {type(value).__name__}")
+
+
+def _check(dtype: str, name: str, value):
+    if value is None:
+        return None
+    if dtype == "float64":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidValue(f"{name} must be a number, got {type(value).__name__} {str(value)[:40]!r}")
+        return float(value)
+    if dtype == "int64":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidValue(f"{name} must be an integer, got {type(value).__name__} {str(value)[:40]!r}")
+        return value
+    if dtype == "string":
+        if not isinstance(value, str):
+            raise InvalidValue(f"{name} must be a string, got {type(value).__name__}")
+        return value
+    if dtype == "bool":
+        if not isinstance(value, bool):
+            raise InvalidValue(f"{name} must be true or false, got {type(value).__name__}")
+        return value
+    if dtype == "timestamp":
+        return parse_timestamp(value)
+    raise InvalidValue(f"{name}: unsupported type {dtype}")
+
+
+class EventValidator:
+    """Turns JSON payloads into typed rows for one FeatureSet, rejecting bad ones with a reason."""
+
+    def __init__(self, feature_set: FeatureSet, max_future: str = DEFAULT_MAX_FUTURE):
+        self.feature_set = feature_set
+        self.max_future_ms = parse_duration(max_future)
+        self.columns = list(feature_set.schema)
+
+    def validate(self, obj, now_ms: int) -> dict:
+        """One decoded JSON value -> a typed row dict; raises InvalidValue with the reason."""
+        fs = self.feature_set
+        if not isinstance(obj, dict):
+            raise InvalidValue(f"event must be a JSON object, got {type(obj).__name__}")
+        row = {}
+        for column in self.columns:
+            row[column] = _check(fs.schema[column], column, obj.get(column))
+        for entity in fs.entity_names:
+            key = row.get(entity)
+            if key is None or key == "":
+                raise InvalidValue(f"missing entity key {entity!r}")
+        ts = row.get(fs.timestamp_key)
+        if ts is None:
+            raise InvalidValue(f"missing timestamp {fs.timestamp_key!r}")
+        if ts < 0:
+            raise InvalidValue(f"timestamp {ts} is before 1970")
+        if ts > now_ms + self.max_future_ms:
+            raise InvalidValue(f"timestamp {ts} is more than {self.max_future_ms} ms in the future")
+        for column, dtype in fs.schema.items():
+            if dtype == "float64" and row[column] is not None and not math.isfinite(row[column]):
+                raise InvalidValue(f"{column} must be finite, got {row[column]!r}")
+        return row
+
+    def decode(self, payloads: Sequence[bytes | str], now_ms: int) -> tuple[list[dict], list[int], list[Rejected]]:
+        """JSON payloads -> (valid rows, their batch positions, rejects)."""
+        rows, positions, rejected = [], [], []
+        for i, raw in enumerate(payloads):
+            try:
+                obj = json.loads(raw)
+            except (ValueError, TypeError) as exc:
+                rejected.append(Rejected(i, f"not valid JSON: {str(exc)[:120]}", _as_bytes(raw)))
+                continue
+            try:
+                rows.append(self.validate(obj, now_ms))
+                positions.append(i)
+            except InvalidValue as exc:
+                rejected.append(Rejected(i, str(exc), _as_bytes(raw)))
+        return rows, positions, rejected
+
+    def to_frame(self, rows: list[dict]) -> pd.DataFrame:
+        """Typed rows -> a DataFrame with schema dtypes (timestamps as int64 epoch ms)."""
+        return rows_to_frame(self.feature_set, rows)
+
+
+def _as_bytes(raw) -> bytes | None:
+    if raw is None:
+        return None
+    return raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
+
+
+_PANDAS_DTYPES = {"float64": "float64", "int64": "Int64", "bool": "boolean", "string": object, "timestamp": "Int64"}
+
+
+def rows_to_frame(feature_set: FeatureSet, rows: list[dict]) -> pd.DataFrame:
+    """Typed rows -> DataFrame: float64 (NaN null), nullable Int64/boolean, object strings, int64 ms timestamps."""
+    frame = pd.DataFrame.from_records(rows, columns=list(feature_set.schema))
+    for column, dtype in feature_set.schema.items():
+        frame[column] = frame[column].astype(_PANDAS_DTYPES[dtype])
+    frame[feature_set.timestamp_key] = frame[feature_set.timestamp_key].astype("int64")
+    return frame
+
+
+def to_epoch_ms(values) -> np.ndarray:
+    """A column of datetimes (any unit/zone), ISO strings or epoch-ms numbers -> int64 epoch ms."""
+    series = pd.Series(values)
+    if pd.api.types.is_datetime64_any_dtype(series):
+        if getattr(series.dt, "tz", None) is not None:
+            series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+        return series.astype("datetime64[ms]").astype("int64").to_numpy()
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        if series.isna().any():
+            raise ValueError("timestamp column has nulls")
+        return series.astype("int64").to_numpy()
+    parsed = pd.to_datetime(series, utc=True, format="ISO8601")
+    return parsed.dt.tz_localize(None).astype("datetime64[ms]").astype("int64").to_numpy()
+
+
+def entity_keys(feature_set: FeatureSet, frame: pd.DataFrame) -> np.ndarray:
+    """The entity key of each row as one string (composite keys joined by U+001F)."""
+    names = feature_set.entity_names
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise KeyError(f"feature set {feature_set.name!r} needs entity column(s) {missing}")
+    if len(names) == 1:
+        return frame[names[0]].astype(str).to_numpy(dtype=object)
+    parts = [frame[n].astype(str) for n in names]
+    joined = parts[0]
+    for p in parts[1:]:
+        joined = joined + "\x1f" + p
+    return joined.to_numpy(dtype=object)

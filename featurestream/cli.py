@@ -1,0 +1,47 @@
+"""The ``featurestream`` command: worker, sink, produce, training-set, get, preview."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import common_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import sinks.cli
+    import stream.cli
+
+    from . import preview_cmd, produce
+
+    parser = argparse.ArgumentParser(
+        prog="featurestream",
+        description="Streaming-first feature store: Kafka + Faust online, Parquet offline, one aggregation kernel.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = common_parser()
+    stream.cli.add_commands(sub, common)
+    sinks.cli.add_commands(sub, common)
+    produce.add_command(sub, common)
+    preview_cmd.add_command(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"featurestream {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
