@@ -35,7 +35,9 @@ class EntityStateCodec:
         self.plan = feature_set.plan
         self.fingerprint = feature_set.fingerprint()
         self.keys = [(c, f) for c, fs in self.plan.fields_by_column.items() for f in fs]
-        kinds = {c: ("O" if feature_set.schema.get(c) == "string" else "f") for c in self.plan.fields_by_column}
+        kinds = {
+            c: ("O" if feature_set.schema.get(c) == "string" else "f") for c in self.plan.fields_by_column
+        }
         self.value_dtype = {c: (object if k == "O" else np.float64) for c, k in kinds.items()}
         # (key, array position, dtype) of every array; object arrays go to the JSON meta.
         self.arrays = []
@@ -56,7 +58,7 @@ class EntityStateCodec:
             chunks.append(level.index[lo:hi].astype(np.int64).tobytes())
             for key, pos, dtype in self.arrays:
                 arr = level.states[key][pos][lo:hi]
-                if dtype == object:
+                if dtype.kind == "O":
                     objects[f"{period}|{key[0]}|{key[1]}|{pos}"] = [_jsonable(v) for v in arr.tolist()]
                 else:
                     chunks.append(np.ascontiguousarray(arr, dtype=dtype).tobytes())
@@ -109,7 +111,7 @@ class EntityStateCodec:
                 offset += 8 * n
                 arrays = {}
                 for key, pos, dtype in self.arrays:
-                    if dtype == object:
+                    if dtype.kind == "O":
                         arr = np.empty(n, dtype=object)
                         values = objects.get(f"{period}|{key[0]}|{key[1]}|{pos}", [None] * n)
                         arr[:] = [frozenset(v) if key[1] == "distinct" else v for v in values]

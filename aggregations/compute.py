@@ -16,7 +16,9 @@ def apply_transforms(feature_set: FeatureSet, frame: pd.DataFrame) -> pd.DataFra
         result = transform(frame)
         if not isinstance(result, pd.DataFrame) or len(result) != len(frame):
             name = getattr(transform, "__name__", repr(transform))
-            raise ValueError(f"transform {name!r} of {feature_set.name!r} must return a DataFrame of the same length")
+            raise ValueError(
+                f"transform {name!r} of {feature_set.name!r} must return a DataFrame of the same length"
+            )
         frame = result
     return frame
 
@@ -35,10 +37,14 @@ def aggregation_columns(feature_set: FeatureSet, frame: pd.DataFrame) -> dict[st
     return out
 
 
-def event_batch(feature_set: FeatureSet, frame: pd.DataFrame, codes: np.ndarray, seq: np.ndarray) -> EventBatch:
+def event_batch(
+    feature_set: FeatureSet, frame: pd.DataFrame, codes: np.ndarray, seq: np.ndarray
+) -> EventBatch:
     """Transformed events -> the kernel's columnar batch."""
     ts = to_epoch_ms(frame[feature_set.timestamp_key])
-    return EventBatch(np.asarray(codes, np.int64), ts, np.asarray(seq, np.int64), aggregation_columns(feature_set, frame))
+    return EventBatch(
+        np.asarray(codes, np.int64), ts, np.asarray(seq, np.int64), aggregation_columns(feature_set, frame)
+    )
 
 
 def features_at(
@@ -55,7 +61,7 @@ def features_at(
     """
     events = apply_transforms(feature_set, events.reset_index(drop=True))
     event_keys = entity_keys(feature_set, events)
-    codes, uniques = pd.factorize(np.concatenate([event_keys, np.asarray(query_keys, dtype=object)]))
+    codes, _ = pd.factorize(np.concatenate([event_keys, np.asarray(query_keys, dtype=object)]))
     n = len(events)
     batch = event_batch(feature_set, events, codes[:n], np.arange(n) if seq is None else seq)
     levels: Levels = build_levels(feature_set.plan, batch)

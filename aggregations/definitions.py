@@ -88,11 +88,15 @@ class Aggregation:
         elif isinstance(periods, Mapping):
             unknown = set(periods) - set(windows)
             if unknown:
-                raise ValueError(f"aggregation {self.name!r}: periods given for unknown windows {sorted(unknown)}")
+                raise ValueError(
+                    f"aggregation {self.name!r}: periods given for unknown windows {sorted(unknown)}"
+                )
             per = {w: periods.get(w) for w in windows}
         else:
             if len(periods) != len(windows):
-                raise ValueError(f"aggregation {self.name!r}: {len(periods)} periods for {len(windows)} windows")
+                raise ValueError(
+                    f"aggregation {self.name!r}: {len(periods)} periods for {len(windows)} windows"
+                )
             per = dict(zip(windows, periods, strict=True))
         for w in windows:
             try:
@@ -101,7 +105,11 @@ class Aggregation:
                 raise ValueError(f"aggregation {self.name!r}: {exc}") from None
 
     def features(self) -> list[Feature]:
-        return [Feature(f"{self.name}_{op}_{w.label}", self.column, op, w) for w in self.windows for op in self.ops]
+        return [
+            Feature(f"{self.name}_{op}_{w.label}", self.column, op, w)
+            for w in self.windows
+            for op in self.ops
+        ]
 
     def describe(self) -> dict:
         return {
@@ -188,7 +196,9 @@ class FeatureSet:
                 )
         for entity in self.entities:
             if self.schema.get(entity.name) not in (entity.dtype, None):
-                raise ValueError(f"feature set {self.name!r}: entity {entity.name!r} must be {entity.dtype} in schema")
+                raise ValueError(
+                    f"feature set {self.name!r}: entity {entity.name!r} must be {entity.dtype} in schema"
+                )
             self.schema.setdefault(entity.name, entity.dtype)
         if self.schema.get(self.timestamp_key) != "timestamp":
             raise ValueError(
@@ -200,7 +210,9 @@ class FeatureSet:
         for agg in self.aggregations:
             dtype = self.schema.get(agg.column)
             if dtype is None and not derived_ok:
-                raise ValueError(f"feature set {self.name!r}: aggregated column {agg.column!r} is not in the schema")
+                raise ValueError(
+                    f"feature set {self.name!r}: aggregated column {agg.column!r} is not in the schema"
+                )
             for op in agg.ops:
                 if get_op(op).numeric_only and dtype is not None and dtype not in NUMERIC_TYPES:
                     raise ValueError(
@@ -259,9 +271,10 @@ def _callable_identity(fn) -> str:
         source = inspect.getsource(fn)
     except (OSError, TypeError):
         source = ""
-    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}:" + hashlib.sha256(
-        source.encode()
-    ).hexdigest()[:12]
+    return (
+        f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}:"
+        + hashlib.sha256(source.encode()).hexdigest()[:12]
+    )
 
 
 @dataclass
@@ -274,10 +287,14 @@ class FeatureVector:
     def __post_init__(self):
         check_name("feature vector", self.name)
         if isinstance(self.features, str) or not self.features:
-            raise ValueError(f"feature vector {self.name!r}: features must be a non-empty list of 'set.feature'")
+            raise ValueError(
+                f"feature vector {self.name!r}: features must be a non-empty list of 'set.feature'"
+            )
         for ref in self.features:
             if not isinstance(ref, str) or ref.count(".") != 1 or not all(ref.split(".")):
-                raise ValueError(f"feature vector {self.name!r}: malformed feature {ref!r}, expected 'set.feature'")
+                raise ValueError(
+                    f"feature vector {self.name!r}: malformed feature {ref!r}, expected 'set.feature'"
+                )
 
     def resolve(self, sets: Mapping[str, FeatureSet]) -> dict[str, list[str]]:
         """Feature names grouped by set, in the vector's order; unknown sets/features raise naming them."""
@@ -325,4 +342,6 @@ class Registry:
         try:
             return self.vectors[name]
         except KeyError:
-            raise KeyError(f"unknown feature vector {name!r}; known: {', '.join(sorted(self.vectors)) or 'none'}") from None
+            raise KeyError(
+                f"unknown feature vector {name!r}; known: {', '.join(sorted(self.vectors)) or 'none'}"
+            ) from None

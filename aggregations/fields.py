@@ -27,7 +27,9 @@ def _group_ids(starts: np.ndarray, size: int) -> np.ndarray:
     return np.cumsum(marks)
 
 
-def _ufunc_ranges(ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, identity) -> np.ndarray:
+def _ufunc_ranges(
+    ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, identity
+) -> np.ndarray:
     """``ufunc.reduce(values[lo:hi])`` for each range; empty ranges give ``identity``."""
     out = np.full(len(lo), identity, dtype=values.dtype)
     nonempty = hi > lo
@@ -205,7 +207,10 @@ class DistinctField:
 
     def lift(self, values: np.ndarray, valid: np.ndarray, ts: np.ndarray, seq: np.ndarray) -> State:
         out = np.empty(len(values), dtype=object)
-        out[:] = [frozenset((v,)) if ok else frozenset() for v, ok in zip(values.tolist(), valid.tolist(), strict=True)]
+        out[:] = [
+            frozenset((v,)) if ok else frozenset()
+            for v, ok in zip(values.tolist(), valid.tolist(), strict=True)
+        ]
         return (out,)
 
     def merge(self, a: State, b: State) -> State:

@@ -62,7 +62,9 @@ class Levels:
 
     def take_codes(self, wanted: np.ndarray) -> Levels:
         """Only the tiles of the given entity codes."""
-        return Levels({p: lv.take(np.flatnonzero(np.isin(lv.codes, wanted))) for p, lv in self.levels.items()})
+        return Levels(
+            {p: lv.take(np.flatnonzero(np.isin(lv.codes, wanted))) for p, lv in self.levels.items()}
+        )
 
 
 def _valid(values: np.ndarray) -> np.ndarray:
@@ -85,6 +87,13 @@ def _boundaries(codes: np.ndarray, index: np.ndarray) -> np.ndarray:
     change[0] = True
     change[1:] = (codes[1:] != codes[:-1]) | (index[1:] != index[:-1])
     return np.flatnonzero(change)
+
+
+def _reduce_groups(key: FieldKey, state: State, starts: np.ndarray, ordered: bool = False) -> State:
+    """One state per group (empty input gives empty output)."""
+    if len(starts) == 0:
+        return tuple(arr[:0] for arr in state)
+    return FIELDS[key[1]].reduce_groups(state, starts, ordered=ordered)
 
 
 def empty_levels(plan: Plan) -> Levels:
@@ -115,7 +124,7 @@ def build_levels(plan: Plan, events: EventBatch) -> Levels:
     for period in sorted(plan.chain):  # smallest first: each level is built from the one below
         index = below_start // period
         starts = _boundaries(below_codes, index)
-        states = {k: FIELDS[k[1]].reduce_groups(s, starts, ordered=True) for k, s in below_states.items()}
+        states = {k: _reduce_groups(k, s, starts, ordered=True) for k, s in below_states.items()}
         level = Level(period, below_codes[starts], index[starts], states)
         out[period] = level
         below_codes, below_start, below_states = level.codes, level.index * period, states
@@ -136,7 +145,7 @@ def merge_levels(a: Levels, b: Levels) -> Levels:
         for key, sa in la.states.items():
             sb = lb.states[key]
             joined = tuple(np.concatenate([x, y])[order] for x, y in zip(sa, sb, strict=True))
-            states[key] = FIELDS[key[1]].reduce_groups(joined, starts) if len(starts) else joined
+            states[key] = _reduce_groups(key, joined, starts)
         out[period] = Level(period, codes[starts], index[starts], states)
     return Levels(out)
 
@@ -171,14 +180,18 @@ class _LevelIndex:
         self.hi = np.maximum(self.hi, self.lo)
 
 
-def read(plan: Plan, levels: Levels, q_codes: np.ndarray, q_ts: np.ndarray, features=None) -> dict[str, np.ndarray]:
+def read(
+    plan: Plan, levels: Levels, q_codes: np.ndarray, q_ts: np.ndarray, features=None
+) -> dict[str, np.ndarray]:
     """Every (or the named) aggregated feature at each query (entity code, time t), per the window contract."""
     q_codes = np.asarray(q_codes, dtype=np.int64)
     q_ts = np.asarray(q_ts, dtype=np.int64)
     wanted = set(features) if features is not None else None
     out: dict[str, np.ndarray] = {}
     for window in plan.windows:
-        window_features = [f for f in plan.features if f.window == window and (wanted is None or f.name in wanted)]
+        window_features = [
+            f for f in plan.features if f.window == window and (wanted is None or f.name in wanted)
+        ]
         if not window_features:
             continue
         needed = {(f.column, name) for f in window_features for name in get_op(f.op).fields}

@@ -25,7 +25,7 @@ def preview(feature_set: FeatureSet, events: pd.DataFrame, at: pd.DataFrame | No
     names = [f for f in feature_set.feature_names() if f in values]
     features = pd.DataFrame({name: values[name] for name in names})
     features = apply_on_read(feature_set, queries, features)
-    base = queries[list(feature_set.entity_names) + [feature_set.timestamp_key]].reset_index(drop=True)
+    base = queries[[*feature_set.entity_names, feature_set.timestamp_key]].reset_index(drop=True)
     if at is None:
         base = queries.reset_index(drop=True)
     result = pd.concat([base, features], axis=1)

@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -51,7 +51,7 @@ def parse_timestamp(value) -> int:
         except ValueError:
             raise InvalidValue(f"timestamp {value[:64]!r} is not ISO-8601") from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return int(parsed.timestamp() * 1000)
     raise InvalidValue(f"timestamp must be epoch ms or ISO-8601, got {type(value).__name__}")
 
@@ -112,7 +112,9 @@ class EventValidator:
                 raise InvalidValue(f"{column} must be finite, got {row[column]!r}")
         return row
 
-    def decode(self, payloads: Sequence[bytes | str], now_ms: int) -> tuple[list[dict], list[int], list[Rejected]]:
+    def decode(
+        self, payloads: Sequence[bytes | str], now_ms: int
+    ) -> tuple[list[dict], list[int], list[Rejected]]:
         """JSON payloads -> (valid rows, their batch positions, rejects)."""
         rows, positions, rejected = [], [], []
         for i, raw in enumerate(payloads):
@@ -139,7 +141,13 @@ def _as_bytes(raw) -> bytes | None:
     return raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
 
 
-_PANDAS_DTYPES = {"float64": "float64", "int64": "Int64", "bool": "boolean", "string": object, "timestamp": "Int64"}
+_PANDAS_DTYPES = {
+    "float64": "float64",
+    "int64": "Int64",
+    "bool": "boolean",
+    "string": object,
+    "timestamp": "Int64",
+}
 
 
 def rows_to_frame(feature_set: FeatureSet, rows: list[dict]) -> pd.DataFrame:

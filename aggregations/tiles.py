@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 
 from .durations import format_duration, parse_duration
 
@@ -69,7 +70,7 @@ class Window:
 def level_chain(periods: Iterable[int]) -> tuple[int, ...]:
     """Distinct periods, largest first, ending with the exact 1 ms level; they must divide one another."""
     chain = sorted(set(periods) | {MS}, reverse=True)
-    for larger, smaller in zip(chain, chain[1:], strict=False):
+    for larger, smaller in pairwise(chain):
         if larger % smaller != 0:
             raise ValueError(
                 f"tile periods must divide one another, but {format_duration(smaller)} does not divide "

@@ -20,11 +20,15 @@ def add_command(subparsers, common) -> None:
         description="Write N deterministic sample events of the example schema to the feature set's topic.",
         epilog="example: featurestream produce --count 10000 --users 500",
     )
-    p.add_argument("--feature-set", default="transactions", help="feature set whose source topic gets the events")
+    p.add_argument(
+        "--feature-set", default="transactions", help="feature set whose source topic gets the events"
+    )
     p.add_argument("--count", type=int, default=1000, help="number of events (default 1000)")
     p.add_argument("--users", type=int, default=100, help="number of distinct users (default 100)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    p.add_argument("--span", type=int, default=3_600_000, help="events spread over the last SPAN ms (default 1h)")
+    p.add_argument(
+        "--span", type=int, default=3_600_000, help="events spread over the last SPAN ms (default 1h)"
+    )
     p.set_defaults(func=run)
 
 
@@ -38,5 +42,8 @@ def run(args) -> int:
         producer.send(fs.source, key=str(row[key]).encode(), value=json.dumps(payload).encode())
     producer.flush(timeout=60)
     producer.close()
-    print(f"produced {len(events)} events for {events[key].nunique()} users to topic {fs.source!r}", file=sys.stderr)
+    print(
+        f"produced {len(events)} events for {events[key].nunique()} users to topic {fs.source!r}",
+        file=sys.stderr,
+    )
     return 0

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 
 
-def sample_events(n: int, users: int = 100, seed: int = 7, end_ms: int | None = None, span_ms: int = 3_600_000):
+def sample_events(
+    n: int, users: int = 100, seed: int = 7, end_ms: int | None = None, span_ms: int = 3_600_000
+):
     """``n`` events of ``users`` users with timestamps in [end - span, end), sorted by time.
 
     Amounts are log-normal (a few large payments), users Zipf-like (some are far busier).

@@ -24,7 +24,11 @@ def _is_null(v):
 def aggregate(op, rows):
     """The value of ``op`` over ``rows`` (already restricted to the window); nulls are skipped."""
     vals = [r for r in rows if not _is_null(r["value"])]
-    xs = [Fraction(r["value"]) for r in vals] if op not in ("first", "last", "count", "count_distinct") else None
+    xs = (
+        [Fraction(r["value"]) for r in vals]
+        if op not in ("first", "last", "count", "count_distinct")
+        else None
+    )
     n = len(vals)
     if op == "count":
         return n
