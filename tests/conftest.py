@@ -1,0 +1,154 @@
+"""Shared pytest fixtures: a real single-node Kafka broker for the test session.
+
+``kafka_bootstrap`` (session) starts a dedicated broker with ``deploy/kafka/start.sh`` on a free port pair of
+127.0.0.1 with a fresh data dir, yields ``"127.0.0.1:PORT"`` and stops and wipes it at the end of the session,
+whatever the outcome. Set ``FEATURESTREAM_TEST_BROKER=host:port`` to use an already running broker instead.
+
+``new_topic`` (function) is a factory: ``new_topic(partitions=4)`` creates a uniquely named topic and returns
+its name once every partition has a leader in the broker's metadata.
+
+Tests under ``tests/integration`` are marked ``integration`` and those under ``tests/e2e`` ``e2e``, so
+``-m "not integration and not e2e"`` runs only the broker-free tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_DIR = REPO_ROOT / "deploy" / "kafka"
+TESTS_DIR = Path(__file__).resolve().parent
+
+_DIR_MARKERS = {"integration": "integration", "e2e": "e2e"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API: ~200 warnings
+    # per run that say nothing about this project.
+    config.addinivalue_line("filterwarnings", "ignore:(read_text|open_text) is deprecated:DeprecationWarning")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            rel = Path(str(item.path)).resolve().relative_to(TESTS_DIR)
+        except ValueError:
+            continue
+        marker = _DIR_MARKERS.get(rel.parts[0]) if len(rel.parts) > 1 else None
+        if marker and not item.get_closest_marker(marker):
+            item.add_marker(getattr(pytest.mark, marker))
+
+
+def free_port_pair() -> tuple[int, int]:
+    """Two distinct TCP ports on 127.0.0.1 that are free right now (client, controller)."""
+    socks = []
+    try:
+        for _ in range(2):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return socks[0].getsockname()[1], socks[1].getsockname()[1]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _run_script(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(KAFKA_DIR / script), *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a real Kafka broker for this test session."""
+    external = os.environ.get("FEATURESTREAM_TEST_BROKER", "").strip()
+    if external:
+        yield external
+        return
+
+    env = dict(os.environ)
+    # The readiness check in start.sh sends a metadata request with this interpreter's kafka-python.
+    env["FEATURESTREAM_PYTHON"] = sys.executable
+    last_output = ""
+    for _attempt in range(3):
+        port, controller_port = free_port_pair()
+        data_dir = tmp_path_factory.mktemp(f"kafka-{port}")
+        args = ["--port", str(port), "--controller-port", str(controller_port), "--data-dir", str(data_dir)]
+        started = _run_script("start.sh", *args, env=env)
+        if started.returncode == 0:
+            break
+        last_output = started.stdout
+        _run_script("stop.sh", *args, "--wipe", env=env)
+        if "already in use" not in started.stdout:
+            break  # not a port race: retrying will not help
+    else:
+        started = None
+    if started is None or started.returncode != 0:
+        pytest.fail(f"could not start the test Kafka broker:\n{last_output}", pytrace=False)
+
+    sys.stderr.write(started.stdout)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        stopped = _run_script("stop.sh", *args, "--wipe", env=env)
+        if stopped.returncode != 0:
+            sys.stderr.write(f"stopping the test Kafka broker failed:\n{stopped.stdout}")
+
+
+def _topic_stem(node_name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9._-]+", "-", node_name).strip("-")[:60] or "topic"
+
+
+@pytest.fixture
+def new_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., str]]:
+    """Factory creating uniquely named topics; they are deleted (best effort) after the test."""
+    # Imported here: broker-free test runs never need kafka-python.
+    from kafka import KafkaAdminClient, TopicPartition
+    from kafka.admin import OffsetSpec
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="featurestream-tests")
+    created: list[str] = []
+
+    def make(partitions: int = 4, *, prefix: str | None = None, configs: dict[str, str] | None = None) -> str:
+        name = f"{prefix or _topic_stem(request.node.name)}-{uuid.uuid4().hex[:10]}"
+        admin.create_topics(
+            {name: {"num_partitions": partitions, "replication_factor": 1, "configs": dict(configs or {})}},
+            timeout_ms=30_000,
+        )
+        created.append(name)
+        admin.wait_for_topics([name], timeout_ms=30_000)
+        (described,) = admin.describe_topics([name])
+        assert len(described["partitions"]) == partitions, described
+        # The metadata cache can name a leader a moment before that broker's replica manager hosts the
+        # partition (a first produce then gets NOT_LEADER_OR_FOLLOWER). A ListOffsets answered by the
+        # leader for every partition (retried on NotLeader) proves the partitions are really served.
+        admin.list_partition_offsets(
+            {TopicPartition(name, p): OffsetSpec.LATEST for p in range(partitions)}, timeout_ms=30_000
+        )
+        return name
+
+    try:
+        yield make
+    finally:
+        try:
+            if created:
+                admin.delete_topics(created, timeout_ms=30_000, raise_errors=False)
+        finally:
+            admin.close()
