@@ -1,0 +1,192 @@
+"""docker-compose.yml stays consistent with the repository: the files it references exist, the featurestream
+services run real subcommands, and it runs the same Kafka version as deploy/kafka.
+
+No Docker here: this reads the file. PyYAML is not in requirements.lock, so without it a tiny parser for the
+block-style subset the compose file uses (mappings, sequences, plain or quoted scalars; flow collections kept
+as raw text) reads it instead.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+SUBCOMMANDS = {"worker", "sink", "produce"}
+
+_KEY = re.compile(r"^([A-Za-z0-9_.-]+):(?:\s+(.*))?$")
+
+
+def _scalar(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def parse_block_yaml(source: str) -> Any:
+    """Parse the block-style YAML subset used by docker-compose.yml (see the module docstring)."""
+    lines: list[list[Any]] = []
+    for raw in source.splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if "\t" in raw[: len(raw) - len(raw.lstrip())]:
+            raise ValueError(f"tab indentation: {raw!r}")
+        lines.append([len(raw) - len(raw.lstrip(" ")), stripped])
+
+    def block(i: int, indent: int) -> tuple[Any, int]:
+        if lines[i][1].startswith("- ") or lines[i][1] == "-":
+            return sequence(i, indent)
+        return mapping(i, indent)
+
+    def child(i: int, indent: int) -> tuple[Any, int]:
+        """The nested value after a 'key:' line at indent (the next line is i)."""
+        if i < len(lines) and (lines[i][0] > indent or (lines[i][0] == indent and lines[i][1][:2] == "- ")):
+            return block(i, lines[i][0])
+        return None, i
+
+    def mapping(i: int, indent: int) -> tuple[dict[str, Any], int]:
+        out: dict[str, Any] = {}
+        while i < len(lines) and lines[i][0] == indent and not lines[i][1].startswith("- "):
+            m = _KEY.match(lines[i][1])
+            if not m:
+                raise ValueError(f"not a 'key: value' line: {lines[i][1]!r}")
+            key, rest = m.group(1), m.group(2)
+            if rest:
+                out[key], i = _scalar(rest), i + 1
+            else:
+                out[key], i = child(i + 1, indent)
+        if i < len(lines) and lines[i][0] > indent:
+            raise ValueError(f"unexpected indentation: {lines[i][1]!r}")
+        return out, i
+
+    def sequence(i: int, indent: int) -> tuple[list[Any], int]:
+        out: list[Any] = []
+        while i < len(lines) and lines[i][0] == indent and lines[i][1].startswith("- "):
+            item = lines[i][1][2:].strip()
+            if _KEY.match(item):  # "- key: value" opens a mapping indented past the dash
+                lines[i] = [indent + 2, item]
+                value, i = mapping(i, indent + 2)
+            else:
+                value, i = _scalar(item), i + 1
+            out.append(value)
+        return out, i
+
+    if not lines:
+        return None
+    value, end = block(0, lines[0][0])
+    if end != len(lines):
+        raise ValueError(f"unparsed from line {lines[end][1]!r}")
+    return value
+
+
+def load_compose() -> dict[str, Any]:
+    text = COMPOSE_FILE.read_text()
+    try:
+        import yaml
+    except ImportError:
+        return parse_block_yaml(text)
+    return yaml.safe_load(text)
+
+
+def command_words(service: dict[str, Any]) -> list[str]:
+    command = service.get("command")
+    if command is None:
+        return []
+    return shlex.split(command) if isinstance(command, str) else [str(w) for w in command]
+
+
+def featurestream_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in compose["services"].items() if "build" in svc}
+
+
+def test_compose_has_the_expected_services() -> None:
+    services = load_compose()["services"]
+    assert {"kafka", "worker", "sink", "prometheus"} <= set(services)
+    assert set(featurestream_services(load_compose())) >= {"worker", "sink"}
+
+
+@pytest.mark.parametrize("name", ["worker", "sink"])
+def test_featurestream_services_run_a_subcommand_from_the_dockerfile(name: str) -> None:
+    service = featurestream_services(load_compose())[name]
+    words = command_words(service)
+    assert words, f"{name} has no command"
+    assert words[0] in SUBCOMMANDS, f"{name}: {words[0]!r} is not one of {sorted(SUBCOMMANDS)}"
+    assert "--broker" in words and words[words.index("--broker") + 1] == "kafka:9092"
+
+    build = service["build"]
+    context = REPO_ROOT / (build if isinstance(build, str) else build.get("context", "."))
+    dockerfile = context / ("Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile"))
+    assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
+    assert re.search(r'^ENTRYPOINT \["featurestream"\]', dockerfile.read_text(), re.M)
+
+
+def test_every_service_command_is_a_featurestream_subcommand() -> None:
+    for name, service in featurestream_services(load_compose()).items():
+        words = command_words(service)
+        assert words and words[0] in SUBCOMMANDS, f"service {name}: command {words}"
+
+
+def test_bind_mounted_files_exist() -> None:
+    mounts = [
+        (name, str(volume).split(":")[0])
+        for name, service in load_compose()["services"].items()
+        for volume in service.get("volumes", [])
+        if str(volume).startswith((".", "/"))
+    ]
+    assert mounts, "expected at least the Prometheus config bind mount"
+    for name, source in mounts:
+        assert (REPO_ROOT / source).exists(), f"service {name}: {source} does not exist"
+
+
+def test_prometheus_scrapes_the_worker_metrics_port() -> None:
+    compose = load_compose()
+    worker = command_words(compose["services"]["worker"])
+    port = worker[worker.index("--web-port") + 1]
+    prometheus = compose["services"]["prometheus"]
+    (config,) = [str(v).split(":")[0] for v in prometheus["volumes"] if "prometheus.yml" in str(v)]
+    text = (REPO_ROOT / config).read_text()
+    assert f"worker:{port}" in text
+    assert re.search(r"^\s*metrics_path:\s*/metrics\s*$", text, re.M)
+
+
+def test_kafka_image_matches_the_local_broker_version() -> None:
+    pom = (REPO_ROOT / "deploy" / "kafka" / "pom.xml").read_text()
+    (version,) = re.findall(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
+    kafka = load_compose()["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{version}"
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "INTERNAL://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+
+
+def test_block_yaml_parser_on_a_sample() -> None:
+    sample = """
+# comment
+top:
+  key: "quoted: value"
+  list:
+    - a
+    - "b:c"
+  flow: ["x", "y"]
+  nested:
+    - name: one
+      extra: 1
+    - two
+empty:
+"""
+    assert parse_block_yaml(sample) == {
+        "top": {
+            "key": "quoted: value",
+            "list": ["a", "b:c"],
+            "flow": '["x", "y"]',
+            "nested": [{"name": "one", "extra": "1"}, "two"],
+        },
+        "empty": None,
+    }
