@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -31,10 +32,18 @@ TESTS_DIR = Path(__file__).resolve().parent
 _DIR_MARKERS = {"integration": "integration", "e2e": "e2e"}
 
 
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API: ~200 warnings
     # per run that say nothing about this project.
     config.addinivalue_line("filterwarnings", "ignore:(read_text|open_text) is deprecated:DeprecationWarning")
+    # SIGTERM (e.g. a CI timeout) would end pytest without teardown: make it an interrupt, so the session
+    # fixtures still stop the broker.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -86,6 +95,10 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = dict(os.environ)
     # The readiness check in start.sh sends a metadata request with this interpreter's kafka-python.
     env["FEATURESTREAM_PYTHON"] = sys.executable
+    # If this pytest process dies without running its teardown (SIGKILL, a CI timeout), the broker's
+    # watchdog stops and wipes it.
+    env["KAFKA_WATCH_PID"] = str(os.getpid())
+    env["KAFKA_WATCH_WIPE"] = "1"
     last_output = ""
     for _attempt in range(3):
         port, controller_port = free_port_pair()

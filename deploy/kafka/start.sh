@@ -7,7 +7,8 @@
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (PORT+1), KAFKA_DATA_DIR (<repo>/.run/kafka-PORT),
 # KAFKA_NUM_PARTITIONS (4), KAFKA_HEAP_OPTS (-Xms256m -Xmx512m), KAFKA_START_TIMEOUT (60 s),
 # KAFKA_EXTRA_PROPERTIES (extra server.properties lines, appended last), FEATURESTREAM_CACHE (jar cache),
-# FEATURESTREAM_PYTHON (a python with kafka-python for the readiness check; default <repo>/.venv/bin/python).
+# FEATURESTREAM_PYTHON (a python with kafka-python for the readiness check; default <repo>/.venv/bin/python),
+# KAFKA_WATCH_PID (stop the broker when that process exits; KAFKA_WATCH_WIPE=1 also wipes the data dir).
 # Stop with deploy/kafka/stop.sh using the same port / data dir.
 set -euo pipefail
 
@@ -177,6 +178,19 @@ while :; do
     (($(date +%s) < deadline)) || fail "broker not ready on $ADDR after ${timeout_s}s"
     sleep 0.2
 done
+# Watchdog: stop the broker when the process KAFKA_WATCH_PID exits (a test run that is killed before its
+# teardown would otherwise leave an orphan broker). KAFKA_WATCH_WIPE=1 also wipes the data dir then.
+if [[ -n "${KAFKA_WATCH_PID:-}" ]]; then
+    stop_cmd=("$KAFKA_HOME_DIR/stop.sh" --port "$KAFKA_PORT" --controller-port "$KAFKA_CONTROLLER_PORT"
+        --data-dir "$KAFKA_DATA_DIR")
+    [[ "${KAFKA_WATCH_WIPE:-0}" == 1 ]] && stop_cmd+=(--wipe)
+    # shellcheck disable=SC2016  # expanded by the watchdog's own bash
+    setsid nohup bash -c 'watch=$1 broker=$2; shift 2
+        while kill -0 "$watch" 2>/dev/null && kill -0 "$broker" 2>/dev/null; do sleep 1; done
+        if kill -0 "$broker" 2>/dev/null; then echo "[kafka-watchdog] pid $watch exited"; exec "$@"; fi' \
+        kafka-watchdog "$KAFKA_WATCH_PID" "$pid" "${stop_cmd[@]}" >/dev/null 2>&1 </dev/null &
+    log "watchdog: the broker stops when pid $KAFKA_WATCH_PID exits"
+fi
 check="TCP + log"
 [[ $have_py == 1 ]] && check="metadata request"
 elapsed="$(($(now_ms) - t0))"
