@@ -1,0 +1,286 @@
+"""One micro-batch of source records -> new per-entity state blobs, dead letters and late events.
+
+Pure of Faust and Kafka, so it is unit-tested without a broker: the agent hands in records
+(partition, offset, key, value) and a ``StateLoader`` reading current blobs from the table, and
+writes back what this returns. All aggregation math is the ``aggregations`` kernel's; this module
+only decides *which* events reach it:
+
+* undecodable / invalid events -> dead letters (never an exception);
+* events at or below the highest source offset already applied to the entity (kept per source
+  partition in the entity's state meta) -> skipped as duplicates. A replay after a crash (Kafka
+  redelivers from the last committed offset) therefore never counts an event twice;
+* events older than ``late_cutoff(plan, now)`` -> late (they can no longer change an online read);
+* the rest -> ``build_levels`` -> ``merge_levels`` with the stored tiles -> ``expire`` -> encode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from aggregations.codec import EntityStateCodec, StateMismatch
+from aggregations.compute import apply_transforms, event_batch
+from aggregations.definitions import FeatureSet
+from aggregations.kernel import build_levels, expire, late_cutoff, merge_levels
+from aggregations.schema import DEFAULT_MAX_FUTURE, EventValidator, entity_keys
+
+from .envelope import Envelope, envelope
+
+log = logging.getLogger(__name__)
+
+#: Reads the current state blobs of ``keys`` in source partition ``partition`` (None = no state yet).
+StateLoader = Callable[[int, Sequence[bytes]], Sequence[bytes | None]]
+
+OFFSETS = "offsets"  # state meta entry: {str(source partition): highest applied source offset}
+
+
+class StateLoadError(RuntimeError):
+    """Reading state failed: an infrastructure fault, not bad input. The worker must not go on."""
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One Kafka record of the source topic, as the agent saw it."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None  # broker (or producer) timestamp
+
+
+@dataclass(frozen=True)
+class StateWrite:
+    """New state of one entity: table key (entity key bytes) in its source partition."""
+
+    partition: int
+    key: bytes
+    value: bytes
+
+
+@dataclass
+class BatchResult:
+    """What the agent must write and publish for one batch, and what to count."""
+
+    consumed: int = 0
+    writes: list[StateWrite] = field(default_factory=list)
+    dead: list[Envelope] = field(default_factory=list)
+    late: list[Envelope] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+    key_mismatches: int = 0
+    max_event_ts: int | None = None
+
+    @property
+    def rejected(self) -> int:
+        return len(self.dead)
+
+    def absorb(self, other: BatchResult) -> None:
+        """Add another (sub-)batch's outcome to this one."""
+        self.consumed += other.consumed
+        self.writes.extend(other.writes)
+        self.dead.extend(other.dead)
+        self.late.extend(other.late)
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.key_mismatches += other.key_mismatches
+        if other.max_event_ts is not None:
+            self.max_event_ts = max(self.max_event_ts or other.max_event_ts, other.max_event_ts)
+
+
+@dataclass
+class EntityGroups:
+    """Rows of a batch grouped by (source partition, entity key): one code per entity."""
+
+    codes: np.ndarray  # entity code of each row
+    partitions: np.ndarray  # source partition of each entity
+    keys: list[bytes]  # table key of each entity
+
+
+def group_entities(keys: np.ndarray, partitions: np.ndarray) -> EntityGroups:
+    """Factorize rows by entity key; an entity seen in two partitions gets one state per partition."""
+    codes, uniques = pd.factorize(keys)
+    codes = codes.astype(np.int64, copy=False)
+    owner = np.empty(len(uniques), dtype=np.int64)
+    owner[codes] = partitions
+    if len(codes) and not np.array_equal(owner[codes], partitions):
+        # Producers did not key by entity: keep per-partition state (reads will see only one of them).
+        pairs = pd.MultiIndex.from_arrays([partitions, keys])
+        codes, uniq = pd.factorize(pairs)
+        codes = codes.astype(np.int64, copy=False)
+        owner = np.asarray(uniq.get_level_values(0), dtype=np.int64)
+        uniques = np.asarray(uniq.get_level_values(1), dtype=object)
+    return EntityGroups(codes, owner, [str(k).encode() for k in uniques])
+
+
+def applied_offsets(metas: Sequence[dict], partitions: np.ndarray) -> np.ndarray:
+    """Highest source offset already applied to each entity in its partition (-1 if none)."""
+    out = np.full(len(metas), -1, dtype=np.int64)
+    for i, meta in enumerate(metas):
+        offsets = meta.get(OFFSETS)
+        if offsets:
+            out[i] = offsets.get(str(int(partitions[i])), -1)
+    return out
+
+
+def duplicate_mask(offsets: np.ndarray, codes: np.ndarray, applied: np.ndarray) -> np.ndarray:
+    """Rows whose source offset is at or below what their entity already applied."""
+    return offsets <= applied[codes]
+
+
+def updated_offsets(applied: np.ndarray, codes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per entity, the highest offset among what was applied before and this batch's rows."""
+    out = applied.copy()
+    np.maximum.at(out, codes, offsets)
+    return out
+
+
+def with_offset(meta: dict, partition: int, offset: int) -> dict:
+    """A copy of an entity's meta with its applied offset for ``partition`` set."""
+    new = {k: v for k, v in meta.items() if k != "fp"}
+    offsets = dict(new.get(OFFSETS) or {})
+    offsets[str(int(partition))] = int(offset)
+    new[OFFSETS] = offsets
+    return new
+
+
+class BatchProcessor:
+    """Turns batches of one FeatureSet's source records into state writes (see module docstring)."""
+
+    def __init__(self, feature_set: FeatureSet, topic: str, max_future: str = DEFAULT_MAX_FUTURE):
+        self.feature_set = feature_set
+        self.plan = feature_set.plan
+        self.topic = topic
+        self.validator = EventValidator(feature_set, max_future)
+        self.codec = EntityStateCodec(feature_set)
+
+    def process(self, records: Sequence[SourceRecord], now_ms: int, load: StateLoader) -> BatchResult:
+        """Process a batch; an unexpected failure is isolated to the records that cause it.
+
+        Only ``StateLoadError`` (the store failed) escapes: bad input is dead-lettered instead.
+        """
+        try:
+            return self._process(records, now_ms, _guarded(load))
+        except StateLoadError:
+            raise
+        except Exception as exc:
+            if len(records) == 1:
+                r = records[0]
+                reason = f"processing failed: {type(exc).__name__}: {str(exc)[:200]}"
+                log.warning("dead-lettering %s[%d]@%d: %s", self.topic, r.partition, r.offset, reason)
+                return BatchResult(consumed=1, dead=[self._dead(r, reason)])
+            log.warning("batch of %d failed (%r); retrying record by record", len(records), exc)
+        # Record by record; later records must see earlier ones' new state, hence the overlay.
+        result = BatchResult()
+        overlay: dict[tuple[int, bytes], bytes] = {}
+
+        def load_overlaid(partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
+            missing = [k for k in keys if (partition, k) not in overlay]
+            loaded = dict(zip(missing, load(partition, missing), strict=True)) if missing else {}
+            return [overlay.get((partition, k), loaded.get(k)) for k in keys]
+
+        for record in records:
+            part = self.process([record], now_ms, load_overlaid)
+            for w in part.writes:
+                overlay[(w.partition, w.key)] = w.value
+            part.writes = []
+            result.absorb(part)
+        result.writes = [StateWrite(p, k, v) for (p, k), v in overlay.items()]
+        return result
+
+    def _dead(self, record: SourceRecord, reason: str) -> Envelope:
+        return Envelope(record.key, envelope(reason, self.topic, record.partition, record.offset, record.value))
+
+    def _process(self, records: Sequence[SourceRecord], now_ms: int, load: StateLoader) -> BatchResult:
+        fs = self.feature_set
+        result = BatchResult(consumed=len(records))
+        rows, positions, rejects = self.validator.decode([r.value for r in records], now_ms)
+        result.dead = [self._dead(records[rej.index], rej.reason) for rej in rejects]
+        if not rows:
+            return result
+
+        frame = apply_transforms(fs, self.validator.to_frame(rows))
+        keys = entity_keys(fs, frame)
+        valid = [records[i] for i in positions]
+        partitions = np.fromiter((r.partition for r in valid), np.int64, len(valid))
+        offsets = np.fromiter((r.offset for r in valid), np.int64, len(valid))
+        result.key_mismatches = sum(
+            1 for r, k in zip(valid, keys.tolist(), strict=True) if r.key is not None and r.key != k.encode()
+        )
+        groups = group_entities(keys, partitions)
+        codes = groups.codes
+
+        stored, metas = self._load(groups, load)
+        applied = applied_offsets(metas, groups.partitions)
+        dup = duplicate_mask(offsets, codes, applied)
+        ts = np.asarray(frame[fs.timestamp_key], dtype=np.int64)
+        cutoff = late_cutoff(self.plan, now_ms)
+        late = ~dup & (ts < cutoff)
+        keep = ~dup & ~late
+        result.duplicates = int(dup.sum())
+        result.applied = int(keep.sum())
+        for i in np.flatnonzero(late):
+            r = valid[i]
+            reason = f"late: event time {int(ts[i])} is before {cutoff}, the oldest time online state keeps"
+            result.late.append(Envelope(r.key, envelope(reason, self.topic, r.partition, r.offset, r.value)))
+        if result.applied:
+            result.max_event_ts = int(ts[keep].max())
+            batch = event_batch(fs, frame[keep], codes[keep], offsets[keep])
+            stored = merge_levels(stored, build_levels(self.plan, batch))
+        state = expire(self.plan, stored, now_ms)
+
+        # Entities with at least one new (non-duplicate) row get new state, even if all were late:
+        # their applied offset moves on, so a replay does not publish those late events again.
+        touched = np.zeros(len(groups.keys), dtype=bool)
+        touched[codes[~dup]] = True
+        write_codes = np.flatnonzero(touched)
+        if len(write_codes):
+            top = updated_offsets(applied, codes, offsets)
+            new_metas = [with_offset(metas[c], groups.partitions[c], top[c]) for c in write_codes]
+            blobs = self.codec.encode_all(state, write_codes, new_metas)
+            result.writes = [
+                StateWrite(int(groups.partitions[c]), groups.keys[c], blob)
+                for c, blob in zip(write_codes, blobs, strict=True)
+            ]
+        return result
+
+    def _load(self, groups: EntityGroups, load: StateLoader):
+        blobs: list[bytes | None] = [None] * len(groups.keys)
+        for partition in np.unique(groups.partitions).tolist():
+            idx = np.flatnonzero(groups.partitions == partition)
+            got = load(partition, [groups.keys[i] for i in idx])
+            for i, blob in zip(idx.tolist(), got, strict=True):
+                blobs[i] = blob
+        try:
+            return self.codec.decode_many(blobs)
+        except StateMismatch:
+            return self.codec.decode_many([self._usable(groups.keys[i], b) for i, b in enumerate(blobs)])
+
+    def _usable(self, key: bytes, blob: bytes | None) -> bytes | None:
+        if blob is None:
+            return None
+        try:
+            self.codec.decode_meta(blob)
+        except (StateMismatch, ValueError) as exc:
+            log.error("ignoring unreadable state of %s %r: %s", self.feature_set.name, key, exc)
+            return None
+        return blob
+
+
+def _guarded(load: StateLoader) -> StateLoader:
+    def guarded(partition: int, keys: Sequence[bytes]) -> Sequence[bytes | None]:
+        try:
+            blobs = load(partition, keys)
+        except StateLoadError:
+            raise
+        except Exception as exc:
+            raise StateLoadError(f"reading state of partition {partition} failed: {exc!r}") from exc
+        if len(blobs) != len(keys):
+            raise StateLoadError(f"state loader returned {len(blobs)} values for {len(keys)} keys")
+        return blobs
+
+    return guarded
