@@ -1,0 +1,93 @@
+"""Prometheus metrics of a worker, in a registry of its own (several apps may live in one process).
+
+Counters per feature set: events consumed, applied, rejected (dead-lettered), late, duplicates skipped
+(replays after a restart), records whose Kafka key differs from the entity key; a histogram of batch
+processing time; gauges of the newest applied event time and of the broker time of the newest record.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from .processor import BatchResult
+
+BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class WorkerMetrics:
+    """The worker's metrics; ``observe`` records one processed batch."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._newest_event: dict[str, float] = {}
+        label = ["feature_set"]
+        r = self.registry
+        self.consumed = Counter("featurestream_events_consumed", "Source records consumed", label, registry=r)
+        self.applied = Counter("featurestream_events_applied", "Events folded into online state", label, registry=r)
+        self.rejected = Counter(
+            "featurestream_events_rejected", "Events that failed decoding/validation (sent to <topic>.dlq)",
+            label, registry=r,
+        )
+        self.late = Counter(
+            "featurestream_events_late", "Events too old to change any online read (sent to <topic>.late)",
+            label, registry=r,
+        )
+        self.duplicates = Counter(
+            "featurestream_events_duplicate",
+            "Redelivered events skipped because their offset was already applied", label, registry=r,
+        )
+        self.key_mismatches = Counter(
+            "featurestream_events_key_mismatch",
+            "Records whose Kafka key is not the entity key (producer misconfiguration)", label, registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "featurestream_batch_seconds", "Time to process one micro-batch", label,
+            buckets=BATCH_SECONDS_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "featurestream_batch_events", "Records per micro-batch", label,
+            buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000), registry=r,
+        )
+        self.last_event_time = Gauge(
+            "featurestream_last_event_timestamp_seconds", "Event time of the newest applied event", label, registry=r,
+        )
+        self.last_record_time = Gauge(
+            "featurestream_last_record_broker_timestamp_seconds",
+            "Broker timestamp of the newest consumed record", label, registry=r,
+        )
+
+    def observe(self, feature_set: str, result: BatchResult, seconds: float, broker_ts_ms: int | None) -> None:
+        self.consumed.labels(feature_set).inc(result.consumed)
+        self.applied.labels(feature_set).inc(result.applied)
+        self.rejected.labels(feature_set).inc(result.rejected)
+        self.late.labels(feature_set).inc(len(result.late))
+        self.duplicates.labels(feature_set).inc(result.duplicates)
+        self.key_mismatches.labels(feature_set).inc(result.key_mismatches)
+        self.batch_seconds.labels(feature_set).observe(seconds)
+        self.batch_size.labels(feature_set).observe(result.consumed)
+        if result.max_event_ts is not None:
+            newest = max(self._newest_event.get(feature_set, 0.0), result.max_event_ts / 1000.0)
+            self._newest_event[feature_set] = newest
+            self.last_event_time.labels(feature_set).set(newest)
+        if broker_ts_ms is not None:
+            self.last_record_time.labels(feature_set).set(broker_ts_ms / 1000.0)
+
+    def touch(self, feature_set: str) -> None:
+        """Create the feature set's series at zero so they are exported before the first event."""
+        for metric in (self.consumed, self.applied, self.rejected, self.late, self.duplicates, self.key_mismatches):
+            metric.labels(feature_set)
+        self.batch_seconds.labels(feature_set)
+        self.batch_size.labels(feature_set)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,165 @@
+"""Reads of online state: entity state blobs -> JSON-ready feature values at a time t.
+
+The values come from ``aggregations.kernel.read`` (the window contract) and on-read features from
+``aggregations.compute.apply_on_read``; this module only decodes state, picks names and makes the
+result JSON-safe (NaN -> null, numpy scalars -> Python). No Faust here, so it is unit-testable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from aggregations.codec import EntityStateCodec
+from aggregations.compute import apply_on_read
+from aggregations.definitions import FeatureSet, FeatureVector
+from aggregations.kernel import read
+from aggregations.schema import entity_keys
+
+MAX_VECTOR_ENTITIES = 1000
+
+
+class BadRequest(ValueError):
+    """The client asked for something malformed (HTTP 400)."""
+
+
+class NotFound(KeyError):
+    """The client named a feature set or vector that does not exist (HTTP 404)."""
+
+
+class FeatureReader:
+    """Feature values of one FeatureSet from entity state blobs."""
+
+    def __init__(self, feature_set: FeatureSet):
+        self.feature_set = feature_set
+        self.plan = feature_set.plan
+        self.codec = EntityStateCodec(feature_set)
+        self.names = feature_set.feature_names()
+        self.aggregated = [f.name for f in self.plan.features]
+        self.on_read = [o.name for o in feature_set.on_read]
+
+    def check_features(self, wanted: Sequence[str] | None) -> list[str]:
+        """The requested feature names (all when None); unknown names raise ``BadRequest``."""
+        if wanted is None:
+            return list(self.names)
+        unknown = [f for f in wanted if f not in self.names]
+        if unknown:
+            raise BadRequest(
+                f"feature set {self.feature_set.name!r} has no feature(s) {unknown}; "
+                f"known: {', '.join(self.names)}"
+            )
+        return list(dict.fromkeys(wanted))
+
+    def read(
+        self,
+        blobs: Sequence[bytes | None],
+        at_ms: int,
+        features: Sequence[str] | None = None,
+        request: pd.DataFrame | None = None,
+    ) -> list[dict]:
+        """Features of each entity (blob None = no state: empty windows) at ``at_ms``, one dict per blob.
+
+        ``request`` holds per-entity request columns (e.g. the amount being scored) for on-read features;
+        an on-read feature whose inputs are absent is null.
+        """
+        names = self.check_features(features)
+        n = len(blobs)
+        levels, _ = self.codec.decode_many(list(blobs))
+        values = read(self.plan, levels, np.arange(n, dtype=np.int64), np.full(n, at_ms, dtype=np.int64))
+        frame = pd.DataFrame({name: values[name] for name in self.aggregated})
+        if self.on_read and any(name in self.on_read for name in names):
+            req = request if request is not None else pd.DataFrame(index=range(n))
+            frame = apply_on_read(self.feature_set, req.reset_index(drop=True), frame)
+        columns = {name: json_values(frame[name].to_numpy()) for name in names}
+        return [{name: columns[name][i] for name in names} for i in range(n)]
+
+
+def json_values(values: np.ndarray) -> list:
+    """A column as JSON-safe Python values: NaN/None/NA -> None, numpy scalars -> int/float/bool/str."""
+    kind = values.dtype.kind
+    if kind == "f":
+        return [None if math.isnan(v) else v for v in values.tolist()]
+    if kind in "iub":
+        return values.tolist()
+    return [_json_scalar(v) for v in values.tolist()]
+
+
+def _json_scalar(value):
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, frozenset | set):
+        return sorted(value, key=repr)
+    return value
+
+
+def parse_feature_list(raw: str | None) -> list[str] | None:
+    """``?features=a,b`` -> ["a", "b"]; absent or blank -> None (all features)."""
+    if raw is None:
+        return None
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    return names or None
+
+
+def request_columns(feature_set: FeatureSet, query: Mapping[str, str]) -> pd.DataFrame:
+    """Query-string inputs of a single GET (e.g. ``?amount=12.5``) typed by the schema, for on-read features."""
+    inputs = {c for o in feature_set.on_read for c in o.inputs}
+    row = {}
+    for column in sorted(inputs):
+        if column not in query:
+            continue
+        text = query[column]
+        dtype = feature_set.schema.get(column)
+        try:
+            row[column] = float(text) if dtype in (None, "float64", "int64") else text
+        except ValueError:
+            raise BadRequest(f"query parameter {column!r} must be a number, got {text[:40]!r}") from None
+    return pd.DataFrame([row]) if row else pd.DataFrame(index=range(1))
+
+
+def parse_vector_request(body: bytes, limit: int = MAX_VECTOR_ENTITIES) -> list[dict]:
+    """The ``{"entities": [{...}, ...]}`` body of ``POST /vectors/{vector}``; malformed -> ``BadRequest``."""
+    try:
+        doc = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {str(exc)[:120]}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("entities"), list):
+        raise BadRequest('request body must be a JSON object {"entities": [{...}, ...]}')
+    entities = doc["entities"]
+    if len(entities) > limit:
+        raise BadRequest(f"too many entities: {len(entities)} > {limit} per request")
+    for i, entity in enumerate(entities):
+        if not isinstance(entity, dict):
+            raise BadRequest(f"entities[{i}] must be a JSON object, got {type(entity).__name__}")
+    return entities
+
+
+def vector_entity_keys(feature_set: FeatureSet, entities: list[dict]) -> list[str]:
+    """Entity key strings of request rows for one set (same encoding as ingestion); missing key -> 400."""
+    for i, entity in enumerate(entities):
+        for name in feature_set.entity_names:
+            value = entity.get(name)
+            if value is None or value == "" or isinstance(value, dict | list | bool):
+                raise BadRequest(f"entities[{i}] lacks a valid entity key {name!r} for feature set {feature_set.name!r}")
+    frame = pd.DataFrame({name: [e[name] for e in entities] for name in feature_set.entity_names})
+    if not entities:
+        return []
+    return entity_keys(feature_set, frame).tolist()
+
+
+def output_names(vector: FeatureVector, resolved: Mapping[str, list[str]]) -> dict[tuple[str, str], str]:
+    """Output name of each (set, feature): the bare feature name, or ``set.feature`` where names collide."""
+    counts: dict[str, int] = {}
+    for features in resolved.values():
+        for f in features:
+            counts[f] = counts.get(f, 0) + 1
+    return {
+        (s, f): (f if counts[f] == 1 else f"{s}.{f}") for s, features in resolved.items() for f in features
+    }
