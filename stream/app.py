@@ -1,0 +1,122 @@
+"""Builds the worker's Faust app: one agent and one tile table per FeatureSet, plus the HTTP views.
+
+Tables are plain (non-windowed) Faust tables keyed by entity key bytes whose values are
+``aggregations.codec`` state blobs; windows live inside the blobs as tiles. They are stored in
+RocksDB through the rocksdict driver and backed by a changelog topic, and partitioned like their
+source topic. The table name carries the definition fingerprint, so a changed definition starts
+from fresh state (rebuilt by replaying the source) instead of misreading old state.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+import faust
+
+from aggregations.definitions import FeatureSet, Registry
+from aggregations.schema import DEFAULT_MAX_FUTURE
+
+from .agent import DEFAULT_BATCH_MAX, DEFAULT_BATCH_WITHIN_S, FeatureSetAgent
+from .metrics import WorkerMetrics
+from .reading import FeatureReader
+from .topics import DEFAULT_PARTITIONS, SetTopics, bootstrap_servers, resolve_topics
+from .views import ServingContext, register_views
+
+DEFAULT_APP_ID = "featurestream"
+ROCKSDB_OPTIONS = {"driver": "rocksdict"}
+
+
+def table_name(feature_set: FeatureSet) -> str:
+    """Name of a set's tile table (its changelog topic is ``<app id>-<name>-changelog``)."""
+    return f"{feature_set.name}-tiles-{feature_set.fingerprint()}"
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def create_app(
+    registry: Registry,
+    broker: str,
+    state_dir: str | os.PathLike,
+    web_port: int,
+    web_host: str = "127.0.0.1",
+    worker_id: str | None = None,
+    *,
+    app_id: str = DEFAULT_APP_ID,
+    topic_prefix: str = "",
+    max_future: str = DEFAULT_MAX_FUTURE,
+    partitions: int = DEFAULT_PARTITIONS,
+    topics: Mapping[str, SetTopics] | None = None,
+    web_bind: str | None = None,
+    canonical_url: str | None = None,
+    batch_max: int = DEFAULT_BATCH_MAX,
+    batch_within_s: float = DEFAULT_BATCH_WITHIN_S,
+    standby_replicas: int = 1,
+) -> faust.App:
+    """A Faust app serving every FeatureSet of ``registry`` (the worker runs it).
+
+    ``topics`` (set name -> topics and partition count) defaults to asking the broker, creating
+    missing topics; source topics are ``topic_prefix + FeatureSet.source``. All workers of one
+    deployment share ``app_id`` (the consumer group). ``web_host`` is bound and advertised; pass
+    ``web_bind="0.0.0.0"`` with a reachable ``web_host`` (or ``canonical_url``) to serve other hosts.
+    The returned app carries its ``ServingContext`` as ``app.featurestream``.
+    """
+    sets = list(registry.feature_sets.values())
+    if topics is None:
+        topics = resolve_topics(broker, sets, prefix=topic_prefix, partitions=partitions)
+    worker_id = worker_id or default_worker_id()
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    first = topics[sets[0].name]
+    app = faust.App(
+        app_id,
+        broker=[f"kafka://{server}" for server in bootstrap_servers(broker)],
+        broker_client_id=f"featurestream-{worker_id}",
+        store="rocksdb://",
+        datadir=str(state_dir),
+        topic_partitions=first.partitions,
+        table_standby_replicas=standby_replicas,
+        web_port=int(web_port),
+        web_host=web_host,
+        web_bind=web_bind or web_host,
+        canonical_url=canonical_url or f"http://{web_host}:{int(web_port)}",
+        web_tables_enabled=False,  # would expose raw state blobs
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=max(4 * batch_max, 16384),
+        autodiscover=False,
+    )
+    metrics = WorkerMetrics()
+    tables, readers, agents = {}, {}, {}
+    for fs in sets:
+        t = topics[fs.name]
+        source = app.topic(
+            t.source, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+        side = {
+            name: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+            for name in (t.dlq, t.late)
+        }
+        table = app.Table(
+            table_name(fs),
+            partitions=t.partitions,
+            # faust-streaming 0.15 takes no key/value_serializer for tables: bytes types select "raw".
+            key_type=bytes,
+            value_type=bytes,
+            options=dict(ROCKSDB_OPTIONS),
+            help=f"tile state of feature set {fs.name!r} (aggregations.codec blobs)",
+        )
+        tables[fs.name] = table
+        readers[fs.name] = FeatureReader(fs)
+        agents[fs.name] = FeatureSetAgent(
+            app, fs, source, table, side[t.dlq], side[t.late], metrics, max_future,
+            batch_max=batch_max, batch_within_s=batch_within_s,
+        )
+    ctx = ServingContext(registry, tables, readers, metrics, worker_id, extra={"agents": agents, "topics": topics})
+    register_views(app, ctx)
+    app.featurestream = ctx
+    return app

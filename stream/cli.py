@@ -1,0 +1,128 @@
+"""``featurestream worker`` (run the online worker) and ``featurestream get`` (read one entity over HTTP)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from aggregations.durations import parse_duration
+from aggregations.schema import DEFAULT_MAX_FUTURE
+
+from .topics import DEFAULT_PARTITIONS
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"FEATURESTREAM_{name}", default)
+
+
+def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
+    """Register the ``worker`` and ``get`` subcommands."""
+    w = subparsers.add_parser(
+        "worker",
+        parents=[common],
+        help="run the online worker (Faust): consume, aggregate, serve features over HTTP",
+        description="Consume every feature set's source topic, keep tile state in RocksDB (with a Kafka "
+        "changelog) and serve GET /features/{set}/{entity}, POST /vectors/{vector}, /health and /metrics.",
+        epilog="example: featurestream worker --broker 127.0.0.1:9092 --state-dir .run/state --web-port 6066",
+    )
+    w.add_argument("--state-dir", default=_env("STATE_DIR", ".run/state"),
+                   help="RocksDB state directory (env FEATURESTREAM_STATE_DIR; default .run/state)")
+    w.add_argument("--web-port", type=int, default=int(_env("WEB_PORT", "6066")),
+                   help="HTTP port (env FEATURESTREAM_WEB_PORT; default 6066)")
+    w.add_argument("--web-host", default=_env("WEB_HOST", "127.0.0.1"),
+                   help="host name other workers use to reach this one (env FEATURESTREAM_WEB_HOST; "
+                   "default 127.0.0.1)")
+    w.add_argument("--web-bind", default=_env("WEB_BIND", "") or None,
+                   help="interface to bind (env FEATURESTREAM_WEB_BIND; default: --web-host)")
+    w.add_argument("--worker-id", default=_env("WORKER_ID", "") or None,
+                   help="name of this worker in logs, client ids and /health (default host-pid)")
+    w.add_argument("--app-id", default=_env("APP_ID", "featurestream"),
+                   help="Faust app id = consumer group and changelog prefix, shared by all workers "
+                   "(env FEATURESTREAM_APP_ID; default featurestream)")
+    w.add_argument("--topic-prefix", default=_env("TOPIC_PREFIX", ""),
+                   help="prefix of source topic names: topic = PREFIX + FeatureSet.source "
+                   "(env FEATURESTREAM_TOPIC_PREFIX; default none)")
+    w.add_argument("--partitions", type=int, default=int(_env("PARTITIONS", str(DEFAULT_PARTITIONS))),
+                   help=f"partitions of source topics created when missing (default {DEFAULT_PARTITIONS})")
+    w.add_argument("--max-future", default=_env("MAX_FUTURE", DEFAULT_MAX_FUTURE),
+                   help="events further than this in the future are dead-lettered (default 1h)")
+    w.add_argument("--batch-max", type=int, default=int(_env("BATCH_MAX", "5000")),
+                   help="most events per micro-batch (default 5000)")
+    w.add_argument("--batch-within", type=float, default=float(_env("BATCH_WITHIN", "0.25")),
+                   help="seconds to wait filling a micro-batch (default 0.25)")
+    w.add_argument("--loglevel", default=_env("LOGLEVEL", "WARNING"),
+                   help="log level (env FEATURESTREAM_LOGLEVEL; default WARNING)")
+    w.set_defaults(func=run_worker)
+
+    g = subparsers.add_parser(
+        "get",
+        help="read one entity's features from a running worker",
+        description="GET /features/{SET}/{ENTITY} from a worker and print the JSON answer.",
+        epilog="example: featurestream get transactions u00001 --features amount_count_1h,amount_avg_90d",
+    )
+    g.add_argument("feature_set", metavar="SET", help="feature set name, e.g. transactions")
+    g.add_argument("entity", metavar="ENTITY", help="entity key, e.g. a user id")
+    g.add_argument("--url", default=_env("URL", "http://127.0.0.1:6066"),
+                   help="worker base URL (env FEATURESTREAM_URL; default http://127.0.0.1:6066)")
+    g.add_argument("--features", default=None, help="comma-separated feature names (default: all)")
+    g.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    g.set_defaults(func=run_get)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Build the app from the definitions and run the Faust worker until SIGTERM/SIGINT."""
+    import faust
+
+    from aggregations.loading import load_registry
+
+    from .app import create_app
+
+    parse_duration(args.max_future)  # a malformed bound fails here, with a clear message
+    registry = load_registry(args.definitions)
+    app = create_app(
+        registry,
+        args.broker,
+        args.state_dir,
+        args.web_port,
+        web_host=args.web_host,
+        worker_id=args.worker_id,
+        app_id=args.app_id,
+        topic_prefix=args.topic_prefix,
+        max_future=args.max_future,
+        partitions=args.partitions,
+        web_bind=args.web_bind,
+        batch_max=args.batch_max,
+        batch_within_s=args.batch_within,
+    )
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    """HTTP GET of one entity's features; prints the JSON, returns 0 on HTTP 200."""
+    path = "/features/{}/{}".format(
+        urllib.parse.quote(args.feature_set, safe=""), urllib.parse.quote(args.entity, safe="")
+    )
+    query = f"?{urllib.parse.urlencode({'features': args.features})}" if args.features else ""
+    url = args.url.rstrip("/") + path + query
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")
+        print(f"featurestream get: HTTP {exc.code} from {url}: {detail}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"featurestream get: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2))
+    return 0

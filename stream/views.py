@@ -1,0 +1,176 @@
+"""HTTP views of a worker (Faust web): features of one entity, feature vectors, health, metrics.
+
+* ``GET /features/{feature_set}/{entity}[?features=a,b]`` -> ``{"entity", "at", "features"}`` at
+  t = now (ms), per the window contract; an entity without state reads as empty windows. Each set
+  has its own route decorated with ``app.table_route(table, match_info="entity")``, so a request
+  for a key whose partition another worker owns is forwarded there; a catch-all route answers 404
+  for unknown sets. Query parameters named like on-read inputs (e.g. ``amount``) feed on-read features.
+* ``POST /vectors/{vector}`` with ``{"entities": [{...}, ...]}`` (at most 1000) -> one result per
+  entity with the vector's features, on-read ones included. Keys owned here are read locally in
+  one batch; keys owned elsewhere are fetched one by one from their owner's GET view.
+* ``GET /health`` -> 200 once table recovery has finished, else 503.
+* ``GET /metrics`` -> Prometheus text exposition.
+
+The table key is the entity key's UTF-8 bytes (composite keys: parts joined by U+001F).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import pandas as pd
+from faust.web import View
+from yarl import URL
+
+from aggregations.definitions import Registry
+
+from .metrics import WorkerMetrics
+from .reading import (
+    BadRequest,
+    FeatureReader,
+    output_names,
+    parse_feature_list,
+    parse_vector_request,
+    request_columns,
+    vector_entity_keys,
+)
+
+
+@dataclass
+class ServingContext:
+    """What the views need: definitions, each set's table and reader, metrics."""
+
+    registry: Registry
+    tables: dict[str, Any]
+    readers: dict[str, FeatureReader]
+    metrics: WorkerMetrics
+    worker_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def is_ready(app) -> bool:
+    """True once the worker has an assignment settled and its tables recovered from their changelogs."""
+    recovery = app.tables.recovery
+    return recovery.completed.is_set() and not recovery.in_recovery and not app.rebalancing
+
+
+def register_views(app, ctx: ServingContext) -> None:
+    """Add the featurestream routes to a Faust app (per-set routes before the catch-all)."""
+    for name in ctx.registry.feature_sets:
+        _register_feature_set_view(app, ctx, name)
+
+    @app.page("/features/{feature_set}/{entity}", name="featurestream-unknown-set")
+    class UnknownFeatureSet(View):
+        async def get(self, request, feature_set: str, entity: str):
+            known = ", ".join(sorted(ctx.registry.feature_sets)) or "none"
+            return self.json({"error": f"unknown feature set {feature_set!r}; known: {known}"}, status=404)
+
+    @app.page("/vectors/{vector}", name="featurestream-vectors")
+    class Vectors(View):
+        async def post(self, request, vector: str):
+            try:
+                return self.json(await _vector_response(app, ctx, self, request, vector))
+            except BadRequest as exc:
+                return self.json({"error": str(exc)}, status=400)
+            except _NotFound as exc:
+                return self.json({"error": str(exc)}, status=404)
+            except _Unavailable as exc:
+                return self.json({"error": str(exc)}, status=503)
+
+    @app.page("/health", name="featurestream-health")
+    class Health(View):
+        async def get(self, request):
+            if is_ready(app):
+                return self.json({"status": "ok", "worker": ctx.worker_id})
+            return self.json({"status": "recovering", "worker": ctx.worker_id}, status=503)
+
+    @app.page("/metrics", name="featurestream-metrics")
+    class Metrics(View):
+        async def get(self, request):
+            return self.bytes(ctx.metrics.render(), headers={"Content-Type": ctx.metrics.content_type})
+
+
+def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:
+    table = ctx.tables[set_name]
+    reader = ctx.readers[set_name]
+    fs = ctx.registry.feature_sets[set_name]
+
+    class FeaturesOfEntity(View):
+        @app.table_route(table=table, match_info="entity")
+        async def get(self, request, entity: str):
+            try:
+                features = reader.check_features(parse_feature_list(request.query.get("features")))
+                req = request_columns(fs, request.query)
+            except BadRequest as exc:
+                return self.json({"error": str(exc)}, status=400)
+            at = now_ms()
+            (values,) = reader.read([table.get(entity.encode())], at, features, req)
+            return self.json({"entity": entity, "at": at, "features": values})
+
+    FeaturesOfEntity.__name__ = f"FeaturesOf_{set_name}"
+    app.page(f"/features/{set_name}/{{entity}}", name=f"featurestream-features-{set_name}")(FeaturesOfEntity)
+
+
+class _NotFound(LookupError):
+    pass
+
+
+class _Unavailable(RuntimeError):
+    pass
+
+
+def _is_local(app, table, key: str) -> bool:
+    try:
+        owner = URL(str(app.router.key_store(table.name, key)))
+    except KeyError:
+        raise _Unavailable("partition assignment not known yet; retry shortly") from None
+    me = URL(str(app.conf.canonical_url))
+    return (owner.host, owner.port) == (me.host, me.port)
+
+
+async def _vector_response(app, ctx: ServingContext, view: View, request, vector_name: str) -> dict:
+    entities = parse_vector_request(await view.read_request_content(request))
+    vector = ctx.registry.vectors.get(vector_name)
+    if vector is None:
+        known = ", ".join(sorted(ctx.registry.vectors)) or "none"
+        raise _NotFound(f"unknown feature vector {vector_name!r}; known: {known}")
+    resolved = vector.resolve(ctx.registry.feature_sets)
+    names = output_names(vector, resolved)
+    at = now_ms()
+    results: list[dict] = [{"entity": e, "features": {}} for e in entities]
+    request_frame = pd.DataFrame.from_records(entities) if entities else pd.DataFrame()
+    for set_name, features in resolved.items():
+        fs = ctx.registry.feature_sets[set_name]
+        table = ctx.tables[set_name]
+        keys = vector_entity_keys(fs, entities)
+        local = [_is_local(app, table, k) for k in keys]
+        blobs = [table.get(k.encode()) if here else None for k, here in zip(keys, local, strict=True)]
+        values = ctx.readers[set_name].read(blobs, at, features, request_frame)
+        for i, (key, here) in enumerate(zip(keys, local, strict=True)):
+            if not here:
+                values[i] = await _remote_features(app, table, fs, key, features, entities[i])
+            out = results[i]["features"]
+            for f in features:
+                out[names[(set_name, f)]] = values[i].get(f)
+    return {"at": at, "results": results}
+
+
+async def _remote_features(app, table, fs, key: str, features: list[str], entity: dict) -> dict:
+    """One entity's features from the worker that owns its partition (via its GET view)."""
+    owner = URL(str(app.router.key_store(table.name, key)))
+    inputs = {c: entity[c] for o in fs.on_read for c in o.inputs if c in entity and entity[c] is not None}
+    url = owner.with_path(f"/features/{fs.name}/{quote(key, safe='')}", encoded=True).with_query(
+        {"features": ",".join(features), **{k: str(v) for k, v in inputs.items()}}
+    )
+    async with app.http_client.get(url) as response:
+        if response.status != 200:
+            raise _Unavailable(f"owner {owner} of {fs.name}/{key} answered HTTP {response.status}")
+        body = await response.json()
+    return body["features"]
