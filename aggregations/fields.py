@@ -32,11 +32,16 @@ def _ufunc_ranges(
 ) -> np.ndarray:
     """``ufunc.reduce(values[lo:hi])`` for each range; empty ranges give ``identity``."""
     out = np.full(len(lo), identity, dtype=values.dtype)
-    nonempty = hi > lo
-    if not nonempty.any() or len(values) == 0:
+    nonempty = np.flatnonzero(hi > lo)
+    if len(nonempty) == 0 or len(values) == 0:
         return out
+    starts = lo[nonempty]
+    if (starts[1:] < starts[:-1]).any():
+        # reduceat also reduces the gap between one range's end and the next range's start. With starts
+        # ascending those gaps are disjoint (O(n) in all); in arbitrary order each may span the array.
+        nonempty = nonempty[np.argsort(starts, kind="stable")]
     padded = np.append(values, np.array([identity], dtype=values.dtype))
-    pairs = np.empty(2 * int(nonempty.sum()), dtype=np.int64)
+    pairs = np.empty(2 * len(nonempty), dtype=np.int64)
     pairs[0::2] = lo[nonempty]
     pairs[1::2] = hi[nonempty]
     out[nonempty] = ufunc.reduceat(padded, pairs)[0::2]
