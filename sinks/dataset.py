@@ -1,0 +1,239 @@
+"""Reading a feature set's offline dataset: whole, or one entity-hash partition and time range at a time.
+
+Offline work is split by entity: the hash of an event's entity key string (``entity_keys`` of the
+kernel, so composite keys join the same way everywhere) modulo P gives its partition, and every
+partition is an independent task that needs only its own entities' events. ``read_events`` reads the
+data files that can hold the requested time range (file dates prune whole days), lets pyarrow filter
+rows by event time and arrival time, then keeps the rows of the requested partitions batch by batch,
+so no more than one partition's events are ever held in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from aggregations import FeatureSet
+from aggregations.schema import entity_keys
+
+from .layout import DAY_MS, PartFile, dataset_dir, list_parts
+from .records import META_COLUMNS, TIMESTAMP, arrow_schema, table_to_frame
+
+BATCH_ROWS = 1 << 20
+
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def hash_strings(values) -> np.ndarray:
+    """64-bit hash of each string's UTF-8 bytes (FNV-1a, then murmur3's finalizer), vectorized with numpy.
+
+    Accepts an Arrow string array (hashed from its buffers, no Python objects) or any sequence of str.
+    Deterministic across processes, machines and library versions, so partitions are reproducible.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.Array):
+        values = pa.array(np.asarray(values, dtype=object), type=pa.large_string())
+    values = values.cast(pa.large_string())
+    if values.null_count:
+        values = values.fill_null("")
+    n = len(values)
+    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    if n == 0:
+        return h
+    offsets_buf, data_buf = values.buffers()[1:3]
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[values.offset : values.offset + n + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    shortest, longest = int(lengths.min()), int(lengths.max())
+    for j in range(shortest):  # every string has a j-th byte
+        h = (h ^ data[starts + j]) * _FNV_PRIME
+    for j in range(shortest, longest):
+        active = np.flatnonzero(lengths > j)
+        h[active] = (h[active] ^ data[starts[active] + j]) * _FNV_PRIME
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+def entity_partitions(keys, partitions: int) -> np.ndarray:
+    """Entity-hash partition (0 .. partitions-1) of each entity key string (``hash_strings`` mod partitions)."""
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    if partitions == 1 or len(keys) == 0:
+        return np.zeros(len(keys), dtype=np.int64)
+    return (hash_strings(keys) % np.uint64(partitions)).astype(np.int64)
+
+
+def data_files(fs: FeatureSet, store: str | Path, start_ms: int | None = None, end_ms: int | None = None):
+    """Data files of the dataset whose date can hold events with ``start_ms <= ts < end_ms``."""
+    first_day = None if start_ms is None else int(start_ms) // DAY_MS
+    last_day = None if end_ms is None else (int(end_ms) - 1) // DAY_MS
+    return [
+        part
+        for part in list_parts(dataset_dir(store, fs.name))
+        if (first_day is None or part.day >= first_day) and (last_day is None or part.day <= last_day)
+    ]
+
+
+def count_events(
+    fs: FeatureSet, store: str | Path, start_ms: int | None = None, end_ms: int | None = None
+) -> int:
+    """Number of stored events in the files that can hold the time range (from Parquet footers; an upper bound)."""
+    files = data_files(fs, store, start_ms, end_ms)
+    if not files:
+        return 0
+    return ds.dataset([str(f.path) for f in files], format="parquet").count_rows()
+
+
+def _single_string_entity(fs: FeatureSet) -> str | None:
+    names = fs.entity_names
+    return names[0] if len(names) == 1 and fs.schema[names[0]] == "string" else None
+
+
+def _scan_schema(fs: FeatureSet) -> pa.Schema:
+    """The stored schema, with a single string entity read dictionary-encoded (hashing its distinct values only)."""
+    schema = arrow_schema(fs)
+    entity = _single_string_entity(fs)
+    if entity is not None:
+        schema = schema.set(
+            schema.get_field_index(entity), pa.field(entity, pa.dictionary(pa.int32(), pa.string()))
+        )
+    return schema
+
+
+def _batch_partitions(fs: FeatureSet, batch: pa.RecordBatch, partitions: int) -> np.ndarray:
+    entity = _single_string_entity(fs)
+    if entity is not None:
+        column = batch.column(entity)
+        if pa.types.is_dictionary(column.type):
+            per_value = entity_partitions(column.dictionary, partitions)
+            return per_value[column.indices.to_numpy(zero_copy_only=False)]
+        return entity_partitions(column, partitions)
+    keys = entity_keys(fs, batch.select(list(fs.entity_names)).to_pandas())
+    return entity_partitions(keys, partitions)
+
+
+def _filter(fs: FeatureSet, start_ms, end_ms, arrival_until_ms):
+    expr = None
+    ts = ds.field(fs.timestamp_key)
+    for cond in (
+        None if start_ms is None else ts >= pa.scalar(int(start_ms), type=TIMESTAMP),
+        None if end_ms is None else ts < pa.scalar(int(end_ms), type=TIMESTAMP),
+        None
+        if arrival_until_ms is None
+        else ds.field("_arrival") <= pa.scalar(int(arrival_until_ms), type=TIMESTAMP),
+    ):
+        if cond is not None:
+            expr = cond if expr is None else expr & cond
+    return expr
+
+
+def read_table(
+    fs: FeatureSet,
+    store: str | Path,
+    *,
+    columns: Collection[str] | None = None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    arrival_until_ms: int | None = None,
+    partitions: int = 1,
+    only: Collection[int] | int | None = None,
+    files: list[PartFile] | None = None,
+) -> pa.Table:
+    """Stored events as an Arrow table (see ``read_events``); entity columns come back as plain strings."""
+    wanted_columns = _columns(fs, columns)
+    schema = arrow_schema(fs)
+    out_schema = pa.schema([schema.field(c) for c in wanted_columns])
+    if files is None:
+        files = data_files(fs, store, start_ms, end_ms)
+    if not files:
+        return out_schema.empty_table()
+    selected = None
+    if only is not None:
+        selected = np.asarray(sorted({only} if isinstance(only, int) else set(only)), dtype=np.int64)
+        if partitions < 1 or ((selected < 0) | (selected >= partitions)).any():
+            raise ValueError(f"partitions to read {selected.tolist()} are not all in 0..{partitions - 1}")
+    read_columns = list(wanted_columns)
+    if selected is not None:
+        read_columns += [e for e in fs.entity_names if e not in read_columns]
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(fs.entity_names)))
+    dataset = ds.dataset([str(f.path) for f in files], format=fmt, schema=_scan_schema(fs))
+    scanner = dataset.scanner(
+        columns=read_columns, filter=_filter(fs, start_ms, end_ms, arrival_until_ms), batch_size=BATCH_ROWS
+    )
+    pieces = []
+    for batch in scanner.to_batches():
+        if batch.num_rows == 0:
+            continue
+        if selected is not None and partitions > 1:
+            keep = np.isin(_batch_partitions(fs, batch, partitions), selected)
+            if not keep.any():
+                continue
+            batch = batch.filter(pa.array(keep))
+        pieces.append(_plain(batch.select(wanted_columns), out_schema))
+    if not pieces:
+        return out_schema.empty_table()
+    return pa.Table.from_batches(pieces, schema=out_schema)
+
+
+def read_events(
+    fs: FeatureSet,
+    store: str | Path,
+    *,
+    columns: Collection[str] | None = None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    arrival_until_ms: int | None = None,
+    partitions: int = 1,
+    only: Collection[int] | int | None = None,
+) -> pd.DataFrame:
+    """Stored events of ``fs`` under ``store`` as a DataFrame, event time and ``_arrival`` as int64 epoch ms.
+
+    ``columns``: schema columns to return (default all); ``_partition``, ``_offset`` and ``_arrival``
+    are always included. Rows are restricted to ``start_ms <= ts < end_ms``, ``_arrival <=
+    arrival_until_ms`` and, with ``only``, to the given entity-hash partitions out of ``partitions``.
+    Temporary and unrecognised files are ignored. Row order is unspecified.
+    """
+    table = read_table(
+        fs,
+        store,
+        columns=columns,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        arrival_until_ms=arrival_until_ms,
+        partitions=partitions,
+        only=only,
+    )
+    return table_to_frame(fs, table)
+
+
+def _columns(fs: FeatureSet, columns: Collection[str] | None) -> list[str]:
+    if columns is None:
+        wanted = list(fs.schema)
+    else:
+        unknown = [c for c in columns if c not in fs.schema and c not in META_COLUMNS]
+        if unknown:
+            raise KeyError(f"feature set {fs.name!r} stores no column(s) {unknown}")
+        wanted = [c for c in fs.schema if c in columns]
+    return wanted + list(META_COLUMNS)
+
+
+def _plain(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Dictionary-encoded columns back to their stored type."""
+    arrays = [
+        pc.cast(col, schema.field(i).type) if pa.types.is_dictionary(col.type) else col
+        for i, col in enumerate(batch.columns)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

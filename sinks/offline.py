@@ -1,0 +1,232 @@
+"""Point-in-time correct training sets from the offline datasets: ``get_offline_features``.
+
+For each query row (entity keys, t) and each feature set of the vector, the set's features are read
+at t per the window contract (events with ``floor((t - W) / P) * P <= ts < t``), by the same kernel
+as preview and the online worker (``aggregations.compute.features_at``). Events of equal timestamp
+are ordered by arrival: ``(_arrival, _partition, _offset)``.
+
+Work is split by entity-hash partition (``dataset.entity_partitions``): for each partition, only its
+events within the time range the rows need are read, its rows computed, and the results put back at
+the rows' original positions. Memory is bounded by one partition's events plus the rows and outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from aggregations import FeatureSet, FeatureVector, Registry
+from aggregations.compute import apply_on_read, features_at
+from aggregations.schema import entity_keys, to_epoch_ms
+
+from .dataset import count_events, entity_partitions, read_events
+from .known_at import known_at
+from .writer import write_parquet_atomic
+
+# Events per entity-hash partition when ``partitions`` is not given: bounds memory (~0.5 KB per event
+# at peak in the kernel) while keeping the number of passes over the files small.
+TARGET_EVENTS_PER_PARTITION = 2_500_000
+
+Sets = Registry | Mapping[str, FeatureSet] | Iterable[FeatureSet]
+
+
+@dataclass
+class _SetTask:
+    fs: FeatureSet
+    requested: list[str]  # the vector's features of this set, in order
+    aggregated: list[str]  # aggregated features to compute (all of them if an on-read one is requested)
+    keys: np.ndarray  # entity key of each row
+    partition_of_row: np.ndarray
+    partitions: int
+    start_ms: int
+    end_ms: int
+
+
+def arrival_seq(events: pd.DataFrame) -> np.ndarray:
+    """Rank of each event in arrival order, ``(_arrival, _partition, _offset)``: the tie-break for equal ts."""
+    order = np.lexsort(
+        (
+            events["_offset"].to_numpy(dtype=np.int64),
+            events["_partition"].to_numpy(dtype=np.int64),
+            events["_arrival"].to_numpy(dtype=np.int64),
+        )
+    )
+    seq = np.empty(len(order), dtype=np.int64)
+    seq[order] = np.arange(len(order), dtype=np.int64)
+    return seq
+
+
+def get_offline_features(
+    vector: FeatureVector | str,
+    rows: pd.DataFrame,
+    store: str | Path,
+    *,
+    registry: Sets | None = None,
+    timestamp_column: str = "ts",
+    partitions: int | None = None,
+    out: str | Path | None = None,
+    as_known_at: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """The vector's features at each row's (entities, timestamp), point-in-time correct, across feature sets.
+
+    ``rows`` holds every entity column the vector's sets need and ``timestamp_column`` (datetimes, ISO
+    strings or epoch ms). ``store`` is the data dir holding ``<feature set>/`` datasets. ``registry``
+    (a Registry, or the FeatureSets) resolves the vector; a vector given by name needs a Registry.
+    Returns ``rows``' columns (same index and order) followed by the features, named as in the vector,
+    or ``set.feature`` where two sets (or a row column) share a name. ``partitions``: entity-hash
+    partitions (default: from the data size). ``as_known_at``: use only events that had arrived by
+    each row's t. ``out``: also write the result to this Parquet file. ``progress``: a tqdm bar.
+    """
+    sets, vector = _resolve(vector, registry)
+    by_set = vector.resolve(sets)
+    order = _vector_order(vector, sets)
+    if not isinstance(rows, pd.DataFrame):
+        raise TypeError(f"rows must be a pandas DataFrame, got {type(rows).__name__}")
+    if timestamp_column not in rows.columns:
+        raise KeyError(f"rows have no timestamp column {timestamp_column!r}; pass timestamp_column=...")
+    missing = sorted({e for name in by_set for e in sets[name].entity_names if e not in rows.columns})
+    if missing:
+        raise KeyError(f"rows lack entity column(s) {missing} needed by feature vector {vector.name!r}")
+    if rows[timestamp_column].isna().any():
+        raise ValueError(f"rows have null timestamps in {timestamp_column!r}")
+    query_ts = to_epoch_ms(rows[timestamp_column]) if len(rows) else np.zeros(0, dtype=np.int64)
+
+    tasks = [_plan(sets[name], names, rows, query_ts, store, partitions) for name, names in by_set.items()]
+    bar = _progress(sum(t.partitions for t in tasks), progress)
+    computed: dict[tuple[str, str], pd.Series] = {}
+    try:
+        for task in tasks:
+            frame = _compute_set(task, rows, query_ts, store, as_known_at, bar)
+            for name in task.requested:
+                computed[(task.fs.name, name)] = frame[name]
+    finally:
+        bar.close()
+
+    result = rows.copy()
+    counts = pd.Series([f for _, f in order]).value_counts()
+    for set_name, feature in order:
+        clash = counts[feature] > 1 or feature in rows.columns
+        column = f"{set_name}.{feature}" if clash else feature
+        result[column] = computed[(set_name, feature)].to_numpy()
+    if out is not None:
+        write_parquet_atomic(pa.Table.from_pandas(result, preserve_index=False), Path(out))
+    return result
+
+
+def _resolve(vector, registry) -> tuple[dict[str, FeatureSet], FeatureVector]:
+    if isinstance(registry, Registry):
+        sets = dict(registry.feature_sets)
+    elif isinstance(registry, Mapping):
+        sets = dict(registry)
+    elif registry is not None:
+        sets = {fs.name: fs for fs in registry}
+    else:
+        sets = {}
+    if isinstance(vector, str):
+        if not isinstance(registry, Registry):
+            raise ValueError(
+                f"feature vector {vector!r} given by name: pass registry=<the project's Registry>"
+            )
+        vector = registry.vector(vector)
+    if not isinstance(vector, FeatureVector):
+        raise TypeError(f"vector must be a FeatureVector or its name, got {type(vector).__name__}")
+    if not sets:
+        raise ValueError(
+            f"feature vector {vector.name!r}: pass registry= (a Registry or the FeatureSets) to resolve its features"
+        )
+    return sets, vector
+
+
+def _vector_order(vector: FeatureVector, sets: Mapping[str, FeatureSet]) -> list[tuple[str, str]]:
+    order: list[tuple[str, str]] = []
+    for ref in vector.features:
+        set_name, feature = ref.split(".")
+        names = sets[set_name].feature_names() if feature == "*" else [feature]
+        order.extend((set_name, f) for f in names if (set_name, f) not in order)
+    return order
+
+
+def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions) -> _SetTask:
+    on_read = {o.name for o in fs.on_read}
+    aggregated = [f.name for f in fs.plan.features]
+    if not any(name in on_read for name in requested):
+        aggregated = [name for name in aggregated if name in requested]
+    keys = entity_keys(fs, rows)
+    if len(rows):
+        reach = max(w.length + w.period for w in fs.plan.windows)
+        start_ms, end_ms = int(query_ts.min()) - reach, int(query_ts.max())
+    else:
+        start_ms = end_ms = 0
+    if partitions is None:
+        events = count_events(fs, store, start_ms, end_ms) if len(rows) else 0
+        partitions = max(1, math.ceil(events / TARGET_EVENTS_PER_PARTITION))
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    return _SetTask(
+        fs,
+        list(requested),
+        aggregated,
+        keys,
+        entity_partitions(keys, partitions),
+        partitions,
+        start_ms,
+        end_ms,
+    )
+
+
+def _needed_columns(fs: FeatureSet) -> list[str] | None:
+    if fs.transforms:
+        return None  # a transform may read any column
+    return list(dict.fromkeys([*fs.entity_names, fs.timestamp_key, *fs.plan.fields_by_column]))
+
+
+def _compute_set(task: _SetTask, rows, query_ts, store, as_known_at: bool, bar) -> pd.DataFrame:
+    fs, n = task.fs, len(rows)
+    columns = _needed_columns(fs)
+    values: dict[str, np.ndarray] = {}
+    for p in range(task.partitions):
+        idx = np.flatnonzero(task.partition_of_row == p)
+        if len(idx):
+            t = query_ts[idx]
+            reach = max(w.length + w.period for w in fs.plan.windows)
+            events = read_events(
+                fs,
+                store,
+                columns=columns,
+                start_ms=int(t.min()) - reach,
+                end_ms=int(t.max()),
+                arrival_until_ms=int(t.max()) if as_known_at else None,
+                partitions=task.partitions,
+                only=p,
+            )
+            seq = arrival_seq(events)
+            keys = task.keys[idx]
+            part = features_at(fs, events, keys, t, seq=seq, features=task.aggregated)
+            if as_known_at:
+                part = known_at(fs, events, seq, keys, t, part, task.aggregated)
+            del events
+            for name, column in part.items():
+                target = values.get(name)
+                if target is None:
+                    target = values[name] = np.empty(n, dtype=column.dtype)
+                elif target.dtype != column.dtype:
+                    target = values[name] = target.astype(object)
+                target[idx] = column
+        bar.update(1)
+    frame = pd.DataFrame({name: values[name] for name in task.aggregated if name in values}, index=range(n))
+    if n == 0:
+        frame = pd.DataFrame({name: np.zeros(0) for name in task.aggregated})
+    return apply_on_read(fs, rows, frame)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="partition", desc="training set", disable=not enabled, leave=False)

@@ -1,0 +1,105 @@
+"""Durable, atomic writes of event batches into the dataset layout, and what was written before a crash.
+
+A batch of one Kafka partition becomes one file per event date. Each file is written under a hidden
+temporary name in its final directory, flushed and fsynced, renamed into place with ``os.replace``
+(atomic on POSIX) and the directory fsynced, so once ``write_batch`` returns the rows survive a
+crash, and a reader sees either the whole file or nothing. The sink commits Kafka offsets only after
+that, so a crash can leave rows written but not committed, never committed but not written;
+``written_offsets`` tells a restarted sink exactly which offsets to skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aggregations import FeatureSet
+
+from .layout import DAY_MS, date_dir, list_parts, list_temps, part_name, temp_path
+from .records import events_table
+
+COMPRESSION = "zstd"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_parquet_atomic(table: pa.Table, final: Path) -> Path:
+    """Write ``table`` to ``final`` through a temporary file: flush, fsync, rename, fsync the directory."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final)
+    try:
+        with open(tmp, "wb") as handle:
+            pq.write_table(table, handle, compression=COMPRESSION)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+    return final
+
+
+def write_batch(
+    fs: FeatureSet,
+    root: Path,
+    partition: int,
+    frame: pd.DataFrame,
+    offsets: np.ndarray,
+    arrivals: np.ndarray,
+) -> list[Path]:
+    """Write valid events of one Kafka partition under ``root``: one durable file per event date.
+
+    ``frame`` is ``EventValidator.to_frame`` output (event time as int64 epoch ms); ``offsets`` and
+    ``arrivals`` (broker timestamps, epoch ms) are row-aligned with it. Returns the files written.
+    """
+    if len(frame) == 0:
+        return []
+    offsets = np.asarray(offsets, dtype=np.int64)
+    arrivals = np.asarray(arrivals, dtype=np.int64)
+    days = frame[fs.timestamp_key].to_numpy(dtype=np.int64) // DAY_MS
+    written = []
+    for day in np.unique(days).tolist():
+        rows = np.flatnonzero(days == day)
+        part = frame.iloc[rows].reset_index(drop=True)
+        table = events_table(fs, part, partition, offsets[rows], arrivals[rows])
+        name = part_name(partition, int(offsets[rows].min()), int(offsets[rows].max()))
+        written.append(write_parquet_atomic(table, date_dir(root, day) / name))
+    return written
+
+
+def written_offsets(root: Path, partition: int, from_offset: int = 0) -> np.ndarray:
+    """Sorted offsets >= ``from_offset`` of one Kafka partition already in the dataset.
+
+    File names select the candidates (files whose last offset is >= ``from_offset``); their
+    ``_offset`` column gives the exact set, so a crash that renamed only some of a batch's files
+    (one per date) is handled: the offsets that are missing get written again, the others skipped.
+    """
+    found = [np.zeros(0, dtype=np.int64)]
+    for part in list_parts(root, partition):
+        if part.last < from_offset:
+            continue
+        column = pq.read_table(part.path, columns=["_offset"]).column(0).to_numpy()
+        found.append(column[column >= from_offset])
+    return np.unique(np.concatenate(found))
+
+
+def remove_temps(root: Path, partition: int) -> int:
+    """Delete temporary files that a dead writer of this Kafka partition left behind; returns how many."""
+    removed = 0
+    for path in list_temps(root, partition):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
