@@ -56,6 +56,7 @@ def create_app(
     batch_max: int = DEFAULT_BATCH_MAX,
     batch_within_s: float = DEFAULT_BATCH_WITHIN_S,
     standby_replicas: int = 1,
+    session_timeout_s: float = 45.0,
 ) -> faust.App:
     """A Faust app serving every FeatureSet of ``registry`` (the worker runs it).
 
@@ -63,6 +64,8 @@ def create_app(
     missing topics; source topics are ``topic_prefix + FeatureSet.source``. All workers of one
     deployment share ``app_id`` (the consumer group). ``web_host`` is bound and advertised; pass
     ``web_bind="0.0.0.0"`` with a reachable ``web_host`` (or ``canonical_url``) to serve other hosts.
+    ``session_timeout_s`` bounds how long the group waits for a worker that died without leaving
+    (kill -9) before its partitions move: the restart of a killed worker waits that long too.
     The returned app carries its ``ServingContext`` as ``app.featurestream``.
     """
     sets = list(registry.feature_sets.values())
@@ -87,6 +90,8 @@ def create_app(
         web_stats_enabled=False,
         web_graph_enabled=False,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=max(1.0, session_timeout_s / 10),
         stream_buffer_maxsize=max(4 * batch_max, 16384),
         autodiscover=False,
     )

@@ -55,6 +55,9 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
                    help="most events per micro-batch (default 5000)")
     w.add_argument("--batch-within", type=float, default=float(_env("BATCH_WITHIN", "0.25")),
                    help="seconds to wait filling a micro-batch (default 0.25)")
+    w.add_argument("--session-timeout", type=float, default=float(_env("SESSION_TIMEOUT", "45")),
+                   help="seconds before the group gives a silently dead worker's partitions to others; a "
+                   "killed worker's restart also waits this long (env FEATURESTREAM_SESSION_TIMEOUT; default 45)")
     w.add_argument("--loglevel", default=_env("LOGLEVEL", "WARNING"),
                    help="log level (env FEATURESTREAM_LOGLEVEL; default WARNING)")
     w.set_defaults(func=run_worker)
@@ -98,6 +101,7 @@ def run_worker(args: argparse.Namespace) -> int:
         web_bind=args.web_bind,
         batch_max=args.batch_max,
         batch_within_s=args.batch_within,
+        session_timeout_s=args.session_timeout,
     )
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
     try:

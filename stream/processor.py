@@ -8,7 +8,8 @@ only decides *which* events reach it:
 * undecodable / invalid events -> dead letters (never an exception);
 * events at or below the highest source offset already applied to the entity (kept per source
   partition in the entity's state meta) -> skipped as duplicates. A replay after a crash (Kafka
-  redelivers from the last committed offset) therefore never counts an event twice;
+  redelivers from the last committed offset) therefore never counts an event twice, and the entity's
+  state is written again so that its changelog record is re-sent;
 * events older than ``late_cutoff(plan, now)`` -> late (they can no longer change an online read);
 * the rest -> ``build_levels`` -> ``merge_levels`` with the stored tiles -> ``expire`` -> encode.
 """
@@ -233,11 +234,13 @@ class BatchProcessor:
             stored = merge_levels(stored, build_levels(self.plan, batch))
         state = expire(self.plan, stored, now_ms)
 
-        # Entities with at least one new (non-duplicate) row get new state, even if all were late:
-        # their applied offset moves on, so a replay does not publish those late events again.
-        touched = np.zeros(len(groups.keys), dtype=bool)
-        touched[codes[~dup]] = True
-        write_codes = np.flatnonzero(touched)
+        # Every entity of the batch is written back, even when all its rows were late (its applied
+        # offset moves on, so a replay does not publish them again) or duplicates: a replay happens
+        # after a crash, when the local store may hold writes whose changelog records never reached
+        # Kafka (Faust writes the store first and produces the changelog record later, before it
+        # commits). Writing the state again re-sends it, so the changelog - what another worker or a
+        # wiped state dir restores from - catches up with the local store instead of lagging forever.
+        write_codes = np.arange(len(groups.keys))
         if len(write_codes):
             top = updated_offsets(applied, codes, offsets)
             new_metas = [with_offset(metas[c], groups.partitions[c], top[c]) for c in write_codes]
