@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FLUSH_EVENTS = 50_000
 DEFAULT_FLUSH_SECONDS = 5.0
+RESUBSCRIBE_AFTER_S = 10.0
 
 
 def default_group(fs: FeatureSet) -> str:
@@ -145,12 +146,14 @@ class ParquetSink:
         }
         config.update(self.consumer_config)
         consumer = KafkaConsumer(**config)
-        consumer.subscribe([self.topic], listener=_Listener(self))
-        log.info("sink %s: topic %r -> %s (group %s)", self.fs.name, self.topic, self.root, self.group)
         started = time.monotonic()
         last_flush = started
         end_offsets: dict | None = None
         try:
+            self._await_topic(consumer, once, assignment_timeout_s)
+            consumer.subscribe([self.topic], listener=_Listener(self))
+            log.info("sink %s: topic %r -> %s (group %s)", self.fs.name, self.topic, self.root, self.group)
+            unassigned_since = time.monotonic()
             while not self._stop.is_set():
                 with self._lock:
                     generation = self._generation
@@ -174,8 +177,14 @@ class ParquetSink:
                         if now - started > assignment_timeout_s:
                             raise TimeoutError(
                                 f"sink {self.fs.name}: no partition of topic {self.topic!r} assigned after "
-                                f"{assignment_timeout_s:.0f}s (does the topic exist?)"
+                                f"{assignment_timeout_s:.0f}s (is another sink of group {self.group!r} running?)"
                             )
+                        if now - unassigned_since > RESUBSCRIBE_AFTER_S:
+                            # kafka-python may miss the topic's metadata at the first join and then keep an
+                            # empty assignment: subscribing again makes the group rebalance.
+                            consumer.unsubscribe()
+                            consumer.subscribe([self.topic], listener=_Listener(self))
+                            unassigned_since = now
                         continue
                     if end_offsets is None or set(end_offsets) != assigned:
                         end_offsets = consumer.end_offsets(sorted(assigned))
@@ -186,6 +195,20 @@ class ParquetSink:
             consumer.close(autocommit=False)
         log.info("sink %s: %s", self.fs.name, self.stats.summary())
         return self.stats
+
+    def _await_topic(self, consumer, once: bool, timeout_s: float) -> None:
+        """Wait until the topic exists (its metadata is loaded before the group join assigns partitions)."""
+        deadline = time.monotonic() + timeout_s
+        warned = False
+        while not consumer.partitions_for_topic(self.topic):
+            if self._stop.is_set():
+                return
+            if once and time.monotonic() > deadline:
+                raise TimeoutError(f"sink {self.fs.name}: topic {self.topic!r} does not exist")
+            if not warned:
+                log.warning("sink %s: waiting for topic %r to exist", self.fs.name, self.topic)
+                warned = True
+            time.sleep(1.0)
 
     # -- consuming ---------------------------------------------------------------------------------
 
