@@ -75,6 +75,8 @@ class UfuncField:
     def reduce_groups(self, s: State, starts: np.ndarray, ordered: bool = False) -> State:
         if len(s[0]) == 0:
             return self.zeros(0)
+        if len(starts) == len(s[0]):  # every group is one element (typical of fine levels): nothing to reduce
+            return (s[0].copy(),)
         return (self.ufunc.reduceat(s[0], starts),)
 
     def reduce_ranges(self, s: State, lo: np.ndarray, hi: np.ndarray) -> State:
@@ -123,10 +125,26 @@ class ExtremeByTimeField:
         n = len(s[0])
         if n == 0:
             return s
+        if len(starts) == n:  # every group is one element: the element itself, as the general paths give
+            found = s[0] != self.sentinel
+            if found.all() or not ordered:
+                return tuple(arr.copy() for arr in s)
+            # The ordered path gives empty groups the canonical empty state (``zeros``).
+            value = s[2].copy()
+            value[~found] = np.nan if value.dtype.kind == "f" else None
+            return (s[0].copy(), np.where(found, s[1], 0), value)
         if ordered:
-            # Elements of each group are already in (ts, seq) order: pick by position.
-            ends = np.append(starts[1:], n)
-            return self.reduce_ranges(s, starts, ends)
+            # Elements of each group are already in (ts, seq) order: the winner is the group's last (or
+            # first) non-empty position. Groups are contiguous, so one reduceat over ``starts`` finds it.
+            nonempty = s[0] != self.sentinel
+            positions = np.arange(n, dtype=np.int64)
+            if self.latest:
+                cand = np.maximum.reduceat(np.where(nonempty, positions, -1), starts)
+                found = cand >= 0
+            else:
+                cand = np.minimum.reduceat(np.where(nonempty, positions, n), starts)
+                found = cand < n
+            return self._pick(s, cand, found)
         groups = _group_ids(starts, n)
         # Order inside each group by (ts, seq); empty states carry the sentinel and sort to the losing end.
         order = np.lexsort((s[1], s[0], groups))
@@ -146,7 +164,13 @@ class ExtremeByTimeField:
         else:
             cand = _ufunc_ranges(np.minimum, np.where(nonempty, positions, n), lo, hi, n)
             found = cand < n
-        out = self.zeros(len(lo), s[2].dtype)
+        return self._pick(s, cand, found)
+
+    def _pick(self, s: State, cand: np.ndarray, found: np.ndarray) -> State:
+        """The states at positions ``cand`` where ``found``, empty states elsewhere."""
+        if found.all():
+            return self.take(s, cand)
+        out = self.zeros(len(cand), s[2].dtype)
         if found.any():
             picked = self.take(s, cand[found])
             for arr, src in zip(out, picked, strict=True):

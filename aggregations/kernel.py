@@ -96,6 +96,29 @@ def _reduce_groups(key: FieldKey, state: State, starts: np.ndarray, ordered: boo
     return FIELDS[key[1]].reduce_groups(state, starts, ordered=ordered)
 
 
+def _event_order(codes: np.ndarray, ts: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """The stable permutation sorting events by (code, ts, seq): the same one as ``np.lexsort``, faster.
+
+    When code and time fit in one int64 key, a stable argsort of that key (after a stable sort by seq,
+    skipped when seq is already ascending) is several times faster than a three-key lexsort.
+    """
+    n = len(codes)
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    codes = np.asarray(codes, dtype=np.int64)
+    ts = np.asarray(ts, dtype=np.int64)
+    seq = np.asarray(seq, dtype=np.int64)
+    c_lo, c_hi, t_lo, t_hi = int(codes.min()), int(codes.max()), int(ts.min()), int(ts.max())
+    span = t_hi - t_lo + 1
+    if c_lo < 0 or (c_hi + 1) * span >= 2**62:
+        return np.lexsort((seq, ts, codes))
+    by_seq = None if (seq[1:] >= seq[:-1]).all() else np.argsort(seq, kind="stable")
+    key = codes * span + (ts - t_lo)
+    if by_seq is None:
+        return np.argsort(key, kind="stable")
+    return by_seq[np.argsort(key[by_seq], kind="stable")]
+
+
 def empty_levels(plan: Plan) -> Levels:
     """No tiles at all, with the right fields and dtypes per level."""
     levels = {}
@@ -107,7 +130,7 @@ def empty_levels(plan: Plan) -> Levels:
 
 def build_levels(plan: Plan, events: EventBatch) -> Levels:
     """Aggregate a batch of events into tile states at every level (the 1 ms level is exact)."""
-    order = np.lexsort((events.seq, events.ts, events.codes))
+    order = _event_order(events.codes, events.ts, events.seq)
     codes = events.codes[order].astype(np.int64, copy=False)
     ts = events.ts[order].astype(np.int64, copy=False)
     seq = events.seq[order].astype(np.int64, copy=False)
