@@ -76,6 +76,12 @@ def add_commands(subparsers, common) -> None:
         "--as-known-at", action="store_true", help="use only events that had arrived by each row's time"
     )
     t.add_argument("--partitions", type=int, help="entity-hash partitions (default: from the data size)")
+    t.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="compute partitions in this many processes in parallel (default 1)",
+    )
     t.set_defaults(func=run_training_set)
 
 
@@ -162,6 +168,7 @@ def run_training_set(args) -> int:
         out=out,
         as_known_at=args.as_known_at,
         progress=True,
+        workers=args.workers,
     )
     print(f"{out}: {len(result)} rows, {len(result.columns)} columns")
     return 0

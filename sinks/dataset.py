@@ -10,6 +10,7 @@ so no more than one partition's events are ever held in memory.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pyarrow.dataset as ds
 from aggregations import FeatureSet
 from aggregations.schema import entity_keys
 
-from .layout import DAY_MS, PartFile, dataset_dir, list_parts
+from .layout import DAY_MS, dataset_dir, list_parts
 from .records import META_COLUMNS, TIMESTAMP, arrow_schema, table_to_frame
 
 BATCH_ROWS = 1 << 20
@@ -140,6 +141,29 @@ def _filter(fs: FeatureSet, start_ms, end_ms, arrival_until_ms):
     return expr
 
 
+def _scan(fs: FeatureSet, store, columns, start_ms, end_ms, arrival_until_ms, with_entities: bool):
+    """(output schema, iterator of record batches) over the files that can hold the time range.
+
+    Batches carry the requested columns (+ the entity columns if ``with_entities``), entity columns
+    dictionary-encoded; ``_plain(batch.select(...), schema)`` gives the output form.
+    """
+    wanted_columns = _columns(fs, columns)
+    schema = arrow_schema(fs)
+    out_schema = pa.schema([schema.field(c) for c in wanted_columns])
+    files = data_files(fs, store, start_ms, end_ms)
+    if not files:
+        return out_schema, iter(())
+    read_columns = list(wanted_columns)
+    if with_entities:
+        read_columns += [e for e in fs.entity_names if e not in read_columns]
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(fs.entity_names)))
+    dataset = ds.dataset([str(f.path) for f in files], format=fmt, schema=_scan_schema(fs))
+    scanner = dataset.scanner(
+        columns=read_columns, filter=_filter(fs, start_ms, end_ms, arrival_until_ms), batch_size=BATCH_ROWS
+    )
+    return out_schema, (b for b in scanner.to_batches() if b.num_rows)
+
+
 def read_table(
     fs: FeatureSet,
     store: str | Path,
@@ -150,42 +174,105 @@ def read_table(
     arrival_until_ms: int | None = None,
     partitions: int = 1,
     only: Collection[int] | int | None = None,
-    files: list[PartFile] | None = None,
 ) -> pa.Table:
     """Stored events as an Arrow table (see ``read_events``); entity columns come back as plain strings."""
-    wanted_columns = _columns(fs, columns)
-    schema = arrow_schema(fs)
-    out_schema = pa.schema([schema.field(c) for c in wanted_columns])
-    if files is None:
-        files = data_files(fs, store, start_ms, end_ms)
-    if not files:
-        return out_schema.empty_table()
     selected = None
     if only is not None:
         selected = np.asarray(sorted({only} if isinstance(only, int) else set(only)), dtype=np.int64)
         if partitions < 1 or ((selected < 0) | (selected >= partitions)).any():
             raise ValueError(f"partitions to read {selected.tolist()} are not all in 0..{partitions - 1}")
-    read_columns = list(wanted_columns)
-    if selected is not None:
-        read_columns += [e for e in fs.entity_names if e not in read_columns]
-    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(fs.entity_names)))
-    dataset = ds.dataset([str(f.path) for f in files], format=fmt, schema=_scan_schema(fs))
-    scanner = dataset.scanner(
-        columns=read_columns, filter=_filter(fs, start_ms, end_ms, arrival_until_ms), batch_size=BATCH_ROWS
-    )
+    filtering = selected is not None and partitions > 1
+    out_schema, batches = _scan(fs, store, columns, start_ms, end_ms, arrival_until_ms, filtering)
     pieces = []
-    for batch in scanner.to_batches():
-        if batch.num_rows == 0:
-            continue
-        if selected is not None and partitions > 1:
+    for batch in batches:
+        if filtering:
             keep = np.isin(_batch_partitions(fs, batch, partitions), selected)
             if not keep.any():
                 continue
             batch = batch.filter(pa.array(keep))
-        pieces.append(_plain(batch.select(wanted_columns), out_schema))
-    if not pieces:
-        return out_schema.empty_table()
+        pieces.append(_plain(batch.select(out_schema.names), out_schema))
     return pa.Table.from_batches(pieces, schema=out_schema)
+
+
+class PartitionedEvents:
+    """A time range of a dataset split into entity-hash partitions in one pass, spilled to Arrow IPC files.
+
+    Reading each partition with ``read_events(only=p)`` decodes every file once per partition; this
+    decodes them once in all, writes each partition's rows to ``<tmp>/p<p>.arrow`` and maps them back
+    one at a time (``frame(p)``). Memory holds one batch while splitting, then one partition. Use as a
+    context manager: the spill directory is removed on exit.
+    """
+
+    def __init__(
+        self,
+        fs: FeatureSet,
+        store: str | Path,
+        *,
+        partitions: int,
+        needed: Collection[int] | None = None,
+        columns: Collection[str] | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        arrival_until_ms: int | None = None,
+        spill_dir: str | Path | None = None,
+    ):
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        self.fs = fs
+        self.partitions = partitions
+        self._tmp = tempfile.TemporaryDirectory(prefix="featurestream-partitions-", dir=spill_dir)
+        self.dir = Path(self._tmp.name)
+        self.rows = np.zeros(partitions, dtype=np.int64)
+        wanted = np.zeros(partitions, dtype=bool)
+        wanted[list(range(partitions)) if needed is None else list(needed)] = True
+        self.schema, batches = _scan(fs, store, columns, start_ms, end_ms, arrival_until_ms, partitions > 1)
+        writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        try:
+            for batch in batches:
+                part = (
+                    _batch_partitions(fs, batch, partitions)
+                    if partitions > 1
+                    else np.zeros(batch.num_rows, dtype=np.int64)
+                )
+                order = np.argsort(part, kind="stable")
+                part = part[order]
+                batch = _plain(batch.select(self.schema.names), self.schema).take(pa.array(order))
+                bounds = np.searchsorted(part, np.arange(partitions + 1))
+                for p in np.flatnonzero(wanted & (bounds[1:] > bounds[:-1])).tolist():
+                    if p not in writers:
+                        writers[p] = pa.ipc.new_file(str(self._path(p)), self.schema)
+                    writers[p].write_batch(batch.slice(bounds[p], bounds[p + 1] - bounds[p]))
+                    self.rows[p] += bounds[p + 1] - bounds[p]
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            for writer in writers.values():
+                writer.close()
+
+    def _path(self, p: int) -> Path:
+        return self.dir / f"p{int(p)}.arrow"
+
+    def table(self, p: int) -> pa.Table:
+        """Partition p's events as an Arrow table (memory-mapped)."""
+        if not 0 <= p < self.partitions:
+            raise ValueError(f"partition {p} is not in 0..{self.partitions - 1}")
+        if not self.rows[p]:
+            return self.schema.empty_table()
+        return pa.ipc.open_file(pa.memory_map(str(self._path(p)))).read_all()
+
+    def frame(self, p: int) -> pd.DataFrame:
+        """Partition p's events as ``read_events`` returns them."""
+        return table_to_frame(self.fs, self.table(p))
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> PartitionedEvents:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def read_events(

@@ -25,7 +25,7 @@ from aggregations import FeatureSet, FeatureVector, Registry
 from aggregations.compute import apply_on_read, features_at
 from aggregations.schema import entity_keys, to_epoch_ms
 
-from .dataset import count_events, entity_partitions, read_events
+from .dataset import PartitionedEvents, count_events, entity_partitions
 from .known_at import known_at
 from .writer import write_parquet_atomic
 
@@ -73,6 +73,7 @@ def get_offline_features(
     out: str | Path | None = None,
     as_known_at: bool = False,
     progress: bool = False,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """The vector's features at each row's (entities, timestamp), point-in-time correct, across feature sets.
 
@@ -83,6 +84,7 @@ def get_offline_features(
     or ``set.feature`` where two sets (or a row column) share a name. ``partitions``: entity-hash
     partitions (default: from the data size). ``as_known_at``: use only events that had arrived by
     each row's t. ``out``: also write the result to this Parquet file. ``progress``: a tqdm bar.
+    ``workers``: partitions computed in parallel by that many forked processes (default 1: in process).
     """
     sets, vector = _resolve(vector, registry)
     by_set = vector.resolve(sets)
@@ -98,12 +100,16 @@ def get_offline_features(
         raise ValueError(f"rows have null timestamps in {timestamp_column!r}")
     query_ts = to_epoch_ms(rows[timestamp_column]) if len(rows) else np.zeros(0, dtype=np.int64)
 
-    tasks = [_plan(sets[name], names, rows, query_ts, store, partitions) for name, names in by_set.items()]
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    tasks = [
+        _plan(sets[name], names, rows, query_ts, store, partitions, workers) for name, names in by_set.items()
+    ]
     bar = _progress(sum(t.partitions for t in tasks), progress)
     computed: dict[tuple[str, str], pd.Series] = {}
     try:
         for task in tasks:
-            frame = _compute_set(task, rows, query_ts, store, as_known_at, bar)
+            frame = _compute_set(task, rows, query_ts, store, as_known_at, bar, workers)
             for name in task.requested:
                 computed[(task.fs.name, name)] = frame[name]
     finally:
@@ -153,7 +159,7 @@ def _vector_order(vector: FeatureVector, sets: Mapping[str, FeatureSet]) -> list
     return order
 
 
-def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions) -> _SetTask:
+def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions, workers) -> _SetTask:
     on_read = {o.name for o in fs.on_read}
     aggregated = [f.name for f in fs.plan.features]
     if not any(name in on_read for name in requested):
@@ -166,7 +172,8 @@ def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions) -> _SetT
         start_ms = end_ms = 0
     if partitions is None:
         events = count_events(fs, store, start_ms, end_ms) if len(rows) else 0
-        partitions = max(1, math.ceil(events / TARGET_EVENTS_PER_PARTITION))
+        # Workers hold a partition each at the same time: smaller partitions keep the total bounded.
+        partitions = max(1, math.ceil(events * workers / TARGET_EVENTS_PER_PARTITION))
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
     return _SetTask(
@@ -187,31 +194,24 @@ def _needed_columns(fs: FeatureSet) -> list[str] | None:
     return list(dict.fromkeys([*fs.entity_names, fs.timestamp_key, *fs.plan.fields_by_column]))
 
 
-def _compute_set(task: _SetTask, rows, query_ts, store, as_known_at: bool, bar) -> pd.DataFrame:
+def _compute_set(task: _SetTask, rows, query_ts, store, as_known_at: bool, bar, workers: int) -> pd.DataFrame:
     fs, n = task.fs, len(rows)
-    columns = _needed_columns(fs)
     values: dict[str, np.ndarray] = {}
-    for p in range(task.partitions):
-        idx = np.flatnonzero(task.partition_of_row == p)
-        if len(idx):
-            t = query_ts[idx]
-            reach = max(w.length + w.period for w in fs.plan.windows)
-            events = read_events(
-                fs,
-                store,
-                columns=columns,
-                start_ms=int(t.min()) - reach,
-                end_ms=int(t.max()),
-                arrival_until_ms=int(t.max()) if as_known_at else None,
-                partitions=task.partitions,
-                only=p,
-            )
-            seq = arrival_seq(events)
-            keys = task.keys[idx]
-            part = features_at(fs, events, keys, t, seq=seq, features=task.aggregated)
-            if as_known_at:
-                part = known_at(fs, events, seq, keys, t, part, task.aggregated)
-            del events
+    needed = np.unique(task.partition_of_row).tolist()
+    with PartitionedEvents(
+        fs,
+        store,
+        partitions=task.partitions,
+        needed=needed,
+        columns=_needed_columns(fs),
+        start_ms=task.start_ms,
+        end_ms=task.end_ms,
+        arrival_until_ms=task.end_ms if as_known_at else None,
+    ) as split:
+        bar.update(task.partitions - len(needed))  # partitions without rows: nothing to do
+        job = _Job(task, split, query_ts, as_known_at)
+        for p, part in _run(job, needed, workers):
+            idx = job.rows_of(p)
             for name, column in part.items():
                 target = values.get(name)
                 if target is None:
@@ -219,11 +219,69 @@ def _compute_set(task: _SetTask, rows, query_ts, store, as_known_at: bool, bar) 
                 elif target.dtype != column.dtype:
                     target = values[name] = target.astype(object)
                 target[idx] = column
-        bar.update(1)
+            bar.update(1)
     frame = pd.DataFrame({name: values[name] for name in task.aggregated if name in values}, index=range(n))
     if n == 0:
         frame = pd.DataFrame({name: np.zeros(0) for name in task.aggregated})
     return apply_on_read(fs, rows, frame)
+
+
+@dataclass
+class _Job:
+    """Everything one partition's computation needs (inherited by forked workers, never pickled)."""
+
+    task: _SetTask
+    split: PartitionedEvents
+    query_ts: np.ndarray
+    as_known_at: bool
+
+    def rows_of(self, p: int) -> np.ndarray:
+        return np.flatnonzero(self.task.partition_of_row == p)
+
+    def __call__(self, p: int) -> tuple[int, dict[str, np.ndarray]]:
+        idx = self.rows_of(p)
+        events = self.split.frame(p)
+        return p, _partition_features(
+            self.task, events, self.task.keys[idx], self.query_ts[idx], self.as_known_at
+        )
+
+
+_FORKED_JOB: _Job | None = None
+
+
+def _forked(p: int):
+    assert _FORKED_JOB is not None
+    return _FORKED_JOB(p)
+
+
+def _run(job: _Job, partitions: list[int], workers: int):
+    """(partition, features) for each partition: in process, or in ``workers`` forked processes.
+
+    Forked workers inherit the job (feature sets may hold lambdas, which cannot be pickled); each
+    handles one partition and exits, returning its memory; only the results travel back.
+    """
+    if workers <= 1 or len(partitions) <= 1:
+        yield from map(job, partitions)
+        return
+    import multiprocessing
+
+    global _FORKED_JOB
+    _FORKED_JOB = job
+    try:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(min(workers, len(partitions))) as pool:
+            yield from pool.imap_unordered(_forked, partitions)
+    finally:
+        _FORKED_JOB = None
+
+
+def _partition_features(task: _SetTask, events: pd.DataFrame, keys, ts, as_known_at: bool) -> dict:
+    """One entity-hash partition: its rows' features from its events, through the shared kernel."""
+    seq = arrival_seq(events)
+    values = features_at(task.fs, events, keys, ts, seq=seq, features=task.aggregated)
+    if as_known_at:
+        values = known_at(task.fs, events, seq, keys, ts, values, task.aggregated)
+    return values
 
 
 def _progress(total: int, enabled: bool):

@@ -357,3 +357,14 @@ def test_random_datasets_match_the_oracle(tmp_path_factory, evs, queries, known_
         FeatureVector("all", ["pay.*"]), rows, store, registry=[PAY], partitions=2, as_known_at=known_at
     )
     check_against_oracle(PAY, result, rows, oracle_events(events, "user"), "user", known_at=known_at)
+
+
+def test_forked_workers_give_the_same_result(pay_store):
+    store, events = pay_store
+    rows = query_rows(np.random.default_rng(21), 200, ["a", "b", "c", "d"])
+    rows["ts_ms"] = rows["ts"]
+    vector = FeatureVector("all", ["pay.*"])
+    alone = get_offline_features(vector, rows, store, registry=[PAY], partitions=4)
+    forked = get_offline_features(vector, rows, store, registry=[PAY], partitions=4, workers=2)
+    pd.testing.assert_frame_equal(alone, forked)
+    check_against_oracle(PAY, forked, rows, oracle_events(events, "user"), "user")
