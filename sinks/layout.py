@@ -25,6 +25,7 @@ from aggregations.definitions import check_name
 
 DAY_MS = 86_400_000
 TEMP_PREFIX = ".tmp-"
+SOURCE_FILE = "_source.json"  # which topic the dataset's partitions and offsets refer to
 _EPOCH = _dt.date(1970, 1, 1)
 _DATE_DIR = re.compile(r"^date=(\d{4})-(\d{2})-(\d{2})$")
 _PART_FILE = re.compile(r"^part-p(\d{1,9})-o(\d{1,19})-(\d{1,19})\.parquet$")
@@ -70,6 +71,11 @@ def part_name(partition: int, first: int, last: int) -> str:
     if first > last:
         raise ValueError(f"first offset {first} is after last offset {last}")
     return f"part-p{partition}-o{first}-{last}.parquet"
+
+
+def source_path(root: Path) -> Path:
+    """The file naming the Kafka topic whose offsets the dataset's file names and ``_offset`` refer to."""
+    return root / SOURCE_FILE
 
 
 def temp_path(final: Path) -> Path:

@@ -31,7 +31,7 @@ import numpy as np
 from aggregations import EventValidator, FeatureSet
 
 from .layout import dataset_dir
-from .writer import remove_temps, write_batch, written_offsets
+from .writer import claim_source, remove_temps, write_batch, written_offsets
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ class ParquetSink:
         """Consume until ``stop()`` (or, with ``once``, until the end of the topic as of assignment)."""
         from kafka import KafkaConsumer
 
+        claim_source(self.root, self.topic)
         config = {
             "bootstrap_servers": self.bootstrap.split(","),
             "group_id": self.group,

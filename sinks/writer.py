@@ -10,6 +10,7 @@ that, so a crash can leave rows written but not committed, never committed but n
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 
 from aggregations import FeatureSet
 
-from .layout import DAY_MS, date_dir, list_parts, list_temps, part_name, temp_path
+from .layout import DAY_MS, date_dir, list_parts, list_temps, part_name, source_path, temp_path
 from .records import events_table
 
 COMPRESSION = "zstd"
@@ -103,3 +104,26 @@ def remove_temps(root: Path, partition: int) -> int:
         path.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def claim_source(root: Path, topic: str) -> None:
+    """Record that the dataset under ``root`` holds events of ``topic``; refuse another topic.
+
+    Offsets mean nothing across topics: a sink of another topic into the same dataset would take
+    that topic's offsets for already-written ones and skip events. The claim is ``_source.json``
+    (hidden from readers by its leading ``_``), written atomically on first use.
+    """
+    path = source_path(root)
+    if path.exists():
+        claimed = json.loads(path.read_text()).get("topic")
+        if claimed != topic:
+            raise ValueError(
+                f"dataset {root} holds events of topic {claimed!r}, not {topic!r}: its offsets would be "
+                f"confused; use another --data-dir for topic {topic!r}"
+            )
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    tmp.write_text(json.dumps({"topic": topic}) + "\n")
+    os.replace(tmp, path)
+    fsync_dir(root)

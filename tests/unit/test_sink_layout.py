@@ -11,7 +11,7 @@ import pytest
 from aggregations import Aggregation, Entity, EventValidator, FeatureSet
 from sinks import layout
 from sinks.records import arrow_schema
-from sinks.writer import remove_temps, write_batch, write_parquet_atomic, written_offsets
+from sinks.writer import claim_source, remove_temps, write_batch, write_parquet_atomic, written_offsets
 
 DAY = layout.DAY_MS
 FS = FeatureSet(
@@ -157,3 +157,12 @@ def test_to_frame_of_validator_is_what_write_batch_takes():
     f = frame(rows)
     assert f["ts"].dtype == np.int64
     assert isinstance(f, pd.DataFrame)
+
+
+def test_a_dataset_belongs_to_one_topic(tmp_path):
+    root = layout.dataset_dir(tmp_path, FS.name)
+    claim_source(root, "payments")
+    claim_source(root, "payments")
+    with pytest.raises(ValueError, match="holds events of topic 'payments'"):
+        claim_source(root, "other")
+    assert layout.list_parts(root) == []
