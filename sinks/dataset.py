@@ -1,11 +1,12 @@
 """Reading a feature set's offline dataset: whole, or one entity-hash partition and time range at a time.
 
-Offline work is split by entity: the hash of an event's entity key string (``entity_keys`` of the
-kernel, so composite keys join the same way everywhere) modulo P gives its partition, and every
+Offline work is split by entity: a 64-bit hash of an event's entity key string (``entity_keys`` of
+the kernel, so composite keys join the same way everywhere) modulo P gives its partition, and every
 partition is an independent task that needs only its own entities' events. ``read_events`` reads the
 data files that can hold the requested time range (file dates prune whole days), lets pyarrow filter
-rows by event time and arrival time, then keeps the rows of the requested partitions batch by batch,
-so no more than one partition's events are ever held in memory.
+rows by event time and arrival time, then keeps the rows of the requested partitions batch by batch.
+``PartitionedEvents`` does the same for all partitions in one pass, spilling each to an Arrow IPC
+file, so that P partitions cost one decode of the Parquet files rather than P.
 """
 
 from __future__ import annotations
