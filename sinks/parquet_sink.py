@@ -144,6 +144,10 @@ class ParquetSink:
             "auto_offset_reset": "earliest",
             "allow_auto_create_topics": False,
             "max_poll_records": max(500, min(self.flush_events, 10_000)),
+            # A killed sink's partitions go to its successor after this long (heartbeats run on
+            # kafka-python's IO thread, so a long flush does not expire the session).
+            "session_timeout_ms": 10_000,
+            "heartbeat_interval_ms": 2_000,
         }
         config.update(self.consumer_config)
         consumer = KafkaConsumer(**config)

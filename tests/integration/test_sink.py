@@ -215,3 +215,43 @@ def test_sink_cli_subprocess_and_training_set_match_the_oracle(kafka_bootstrap, 
                 assert abs(value - expected) <= 1e-9 * abs(expected) + oracle.tolerance(
                     feature.op, in_window
                 ), where
+
+
+def test_kill_9_mid_stream_then_restart_is_exactly_once(kafka_bootstrap, new_topic, tmp_path):
+    topic = new_topic(partitions=3)
+    events = produce(kafka_bootstrap, topic, n=4000, seed=6)
+    group = f"sink-{uuid.uuid4().hex[:8]}"
+    command = [
+        sys.executable,
+        "-m",
+        "featurestream.cli",
+        "sink",
+        "--feature-set",
+        "transactions",
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--broker",
+        kafka_bootstrap,
+        "--data-dir",
+        str(tmp_path),
+        "--flush-events",
+        "40",
+    ]
+    root = dataset_dir(tmp_path, FS.name)
+    for _ in range(3):  # kill -9 at whatever point it has reached once some files exist, three times
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            before = len(list_parts(root))
+            while len(list_parts(root)) <= before and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.01)
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+    done = subprocess.run(
+        [*command, "--once"], cwd=REPO, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert_exactly(tmp_path, events)
