@@ -10,8 +10,10 @@ event time + a small delay, with a few events arriving a day late. Query rows: r
 times, 10% of them at midnight UTC, where every window's tail is tile-aligned and the contract's window
 ``[floor((t - W) / P) * P, t)`` equals the exact ``[t - W, t)`` that pandas computes.
 
-Each side runs in its own child process (wall time and peak RSS, ``ru_maxrss``, of that process alone),
-reading the same dataset from disk:
+Each side runs in its own child process, reading the same dataset from disk; reported: wall time, CPU
+time (user + sys, forked workers included: steadier than wall time on a shared machine), ``ru_maxrss``
+of the process and the sampled peak RSS of its whole process tree (pages shared after a fork count
+once per process, so that figure overstates forked runs):
 
 * ours: ``get_offline_features`` (entity-hash partitions, the shared kernel);
 * pandas: ``read_parquet``; events and query rows concatenated, ``groupby(user).rolling(W, on=time,
@@ -265,7 +267,8 @@ def _ours(work: Path, data: Path, queries: Path, name: str, partitions: int | No
 
 def _describe(label: str, report: dict) -> str:
     return (
-        f"{label}: {report['wall_s']:.1f}s, peak RSS {report['peak_rss_mib']:.0f} MiB "
+        f"{label}: {report['wall_s']:.1f}s wall, {report['cpu_s']:.1f}s CPU, "
+        f"peak RSS {report['peak_rss_mib']:.0f} MiB "
         f"(process tree {report['peak_tree_rss_mib']:.0f} MiB)"
     )
 
@@ -341,24 +344,33 @@ def _versus_pandas(args, work: Path, events, queries, worker_counts, summary) ->
     stamps = pd.read_parquet(query_file)["ts"].dt.tz_localize(None).astype("datetime64[ms]").astype("int64")
     check = compare(mine, pd.read_parquet(work / "pandas.parquet"), (stamps % DAY == 0).to_numpy())
     ratios = {w: theirs["wall_s"] / r["wall_s"] for w, r in ours_runs.items()}
-    summary.update(pandas=theirs, comparison=check, ratio=ratios, pandas_reduced=reduced)
-    for w, ratio in ratios.items():
+    cpu_ratios = {w: theirs["cpu_s"] / r["cpu_s"] for w, r in ours_runs.items()}
+    summary.update(
+        pandas=theirs, comparison=check, ratio=ratios, cpu_ratio=cpu_ratios, pandas_reduced=reduced
+    )
+    for w in ratios:
         print(
-            f"ratio:  pandas / ours (workers={w}) = {ratio:.1f}x"
+            f"ratio:  pandas / ours (workers={w}) = {ratios[w]:.1f}x wall, {cpu_ratios[w]:.1f}x CPU"
             + (" (at the reduced size)" if reduced else "")
         )
     print(f"check:  {json.dumps(check)}")
 
 
+def _cpu_s() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime  # kids: forked workers, once reaped
+
+
 def _child_main(argv: list[str]) -> int:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_s()
     if argv[0] == "ours":
         run_ours(Path(argv[1]), Path(argv[2]), Path(argv[3]), int(argv[4]) or None, int(argv[5]))
     else:
         run_pandas(Path(argv[1]), Path(argv[2]), Path(argv[3]))
     wall = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"wall_s": wall, "peak_rss_mib": peak_kib / 1024, "pid": os.getpid()}))
+    cpu = _cpu_s() - cpu_started
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak_mib, "pid": os.getpid()}))
     return 0
 
 
