@@ -112,11 +112,22 @@ def _event_order(codes: np.ndarray, ts: np.ndarray, seq: np.ndarray) -> np.ndarr
     span = t_hi - t_lo + 1
     if c_lo < 0 or (c_hi + 1) * span >= 2**62:
         return np.lexsort((seq, ts, codes))
-    by_seq = None if (seq[1:] >= seq[:-1]).all() else np.argsort(seq, kind="stable")
+    by_seq = None if (seq[1:] >= seq[:-1]).all() else _argsort_seq(seq)
     key = codes * span + (ts - t_lo)
     if by_seq is None:
         return np.argsort(key, kind="stable")
     return by_seq[np.argsort(key[by_seq], kind="stable")]
+
+
+def _argsort_seq(seq: np.ndarray) -> np.ndarray:
+    """Stable argsort of seq; O(n) when seq is a permutation of 0..n-1 (an arrival rank), as it often is."""
+    n = len(seq)
+    if int(seq.min()) == 0 and int(seq.max()) == n - 1:
+        inverse = np.full(n, -1, dtype=np.int64)
+        inverse[seq] = np.arange(n, dtype=np.int64)
+        if (inverse >= 0).all():  # every rank present once: the inverse permutation is the sort
+            return inverse
+    return np.argsort(seq, kind="stable")
 
 
 def empty_levels(plan: Plan) -> Levels:

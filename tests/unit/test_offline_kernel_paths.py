@@ -8,10 +8,12 @@ copies all-singleton groups instead of reducing them. Both must be invisible: th
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from aggregations import Aggregation, Entity, FeatureSet
-from aggregations.kernel import EventBatch, _event_order, build_levels, read
+from aggregations.kernel import EventBatch, _argsort_seq, _event_order, build_levels, read
+from sinks.offline import arrival_seq
 
 FS = FeatureSet(
     "k",
@@ -76,3 +78,30 @@ def test_states_do_not_depend_on_input_order(seed):
         tuple(read(FS.plan, shuffled, q_codes, q_ts).values()),
         tuple(read(FS.plan, ordered, q_codes, q_ts).values()),
     )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_argsort_of_seq_is_a_stable_argsort(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 200))
+    seq = rng.permutation(n) if seed % 2 else rng.integers(0, n, n)  # arrival ranks, or any ints (ties)
+    if seed % 5 == 0:
+        seq[0], seq[-1] = 0, n - 1  # min and max of a permutation, yet duplicates inside
+    assert np.array_equal(_argsort_seq(seq), np.argsort(seq, kind="stable"))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_arrival_seq_ranks_by_arrival_partition_offset(seed):
+    rng = np.random.default_rng(seed)
+    n = 300
+    events = pd.DataFrame(
+        {
+            "_arrival": rng.integers(0, 20, n)
+            * (10**12 if seed == 9 else 1),  # the last: too wide for one key
+            "_partition": rng.integers(0, 3, n),
+            "_offset": rng.integers(0, 50, n),
+        }
+    )
+    expected = sorted(range(n), key=lambda i: (*events.iloc[i], i))
+    seq = arrival_seq(events)
+    assert [int(np.flatnonzero(seq == r)[0]) for r in range(n)] == expected
