@@ -235,7 +235,8 @@ class PartitionedEvents:
                     if partitions > 1
                     else np.zeros(batch.num_rows, dtype=np.int64)
                 )
-                order = np.argsort(part, kind="stable")
+                small = part.astype(np.uint16) if partitions <= 65_536 else part
+                order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys: O(n)
                 part = part[order]
                 batch = _plain(batch.select(self.schema.names), self.schema).take(pa.array(order))
                 bounds = np.searchsorted(part, np.arange(partitions + 1))
