@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# featurestream demo: builds the venv, starts a local Kafka broker, runs the demo steps, and stops the
+# featurestream demo: builds the venv, starts its own local Kafka broker (wiped data dir), runs a worker,
+# the sink, sample events, an online read, a training set and a parity check, and stops the
 # broker on exit (also on Ctrl-C or a failing step).
 #
 #   FEATURESTREAM_DEMO_PORT  broker port (default 9092; the KRaft controller uses the next port)
@@ -15,16 +16,20 @@ export PATH="$ROOT/.venv/bin:$PATH"
 
 make --no-print-directory venv
 
+# The demo runs its own broker on a wiped data dir, so its topic holds only this run's events.
+KAFKA_DEMO_DIR="$ROOT/.run/demo-kafka-$PORT"
 # shellcheck source=kafka/common.sh
 source "$ROOT/deploy/kafka/common.sh"
-parse_kafka_args --port "$PORT"
-if running_pid >/dev/null; then
-    echo "[demo] using the broker already running on $BROKER; it is left running afterwards" >&2
-else
-    stop_kafka() { "$ROOT/deploy/kafka/stop.sh" --port "$PORT" || true; }
-    trap stop_kafka EXIT
-    "$ROOT/deploy/kafka/start.sh" --port "$PORT"
+parse_kafka_args --port "$PORT" --data-dir "$KAFKA_DEMO_DIR"
+if port_open "$PORT"; then
+    echo "[demo] error: port $PORT is taken (another Kafka?). Stop it (make kafka-stop) or pick another" \
+        "port: FEATURESTREAM_DEMO_PORT=19092 make demo" >&2
+    exit 1
 fi
+stop_kafka() { "$ROOT/deploy/kafka/stop.sh" --port "$PORT" --data-dir "$KAFKA_DEMO_DIR" --wipe || true; }
+trap stop_kafka EXIT
+rm -rf "$KAFKA_DEMO_DIR"
+"$ROOT/deploy/kafka/start.sh" --port "$PORT" --data-dir "$KAFKA_DEMO_DIR"
 
 # --- demo steps ---
 # Worker and sink state live under .run/demo and are wiped first, so every demo starts from scratch.
@@ -41,9 +46,8 @@ featurestream worker --state-dir "$DEMO_DATA_DIR/state" --web-port "$WEB_PORT" >
 WORKER_PID=$!
 cleanup_demo() {
     kill "$WORKER_PID" 2>/dev/null && wait "$WORKER_PID" 2>/dev/null || true
-    [[ -n "${stop_kafka_set:-}" ]] && stop_kafka
+    stop_kafka
 }
-if declare -F stop_kafka >/dev/null; then stop_kafka_set=1; fi
 trap cleanup_demo EXIT
 python - "$WEB_PORT" <<'PY'
 import sys, time, urllib.request
@@ -68,7 +72,7 @@ step "3. sink: the same events to Parquet under $FEATURESTREAM_DATA_DIR"
 featurestream sink --once
 
 step "4. online read over HTTP, once the worker has caught up"
-python - "$WEB_PORT" <<'PY'
+python - "$WEB_PORT" "$DEMO_DATA_DIR/online.json" <<'PY'
 import json, sys, time, urllib.request
 url = f"http://127.0.0.1:{sys.argv[1]}/features/transactions/u00000"
 previous, deadline = None, time.time() + 120
@@ -81,6 +85,7 @@ while time.time() < deadline:
     time.sleep(1.0)
 print(f"GET {url}")
 print(json.dumps(body, indent=2))
+json.dump(body, open(sys.argv[2], "w"))
 PY
 
 step "5. offline training set: the fraud vector at every event, point in time correct"
@@ -89,9 +94,33 @@ python - "$DEMO_DATA_DIR/training.parquet" <<'PY'
 import sys
 import pandas as pd
 frame = pd.read_parquet(sys.argv[1])
-print(f"{sys.argv[1]}: {len(frame)} rows x {frame.shape[1]} columns")
+print(f"{sys.argv[1]}: {len(frame)} rows x {frame.shape[1]} columns; the latest rows of user u00000:")
 with pd.option_context("display.width", 160, "display.max_columns", 10):
-    print(frame.head(8).to_string())
+    print(frame[frame.user_id == "u00000"].tail(6).to_string())
+PY
+
+step "6. parity: the offline side at the online read's time gives the same values"
+python - "$DEMO_DATA_DIR/online.json" "$FEATURESTREAM_DATA_DIR" <<'PY'
+import json, math, sys
+import pandas as pd
+from aggregations.loading import load_registry
+from sinks.offline import get_offline_features
+online = json.load(open(sys.argv[1]))
+registry = load_registry("examples/transactions/features.py")
+rows = pd.DataFrame({"user_id": [online["entity"]], "ts": [online["at"]]})
+names = [n for n in online["features"] if n != "amount_vs_avg_90d"]
+registry.vectors["demo_all"] = type(registry.vector("fraud"))("demo_all", [f"transactions.{n}" for n in names])
+offline = get_offline_features("demo_all", rows, sys.argv[2], registry=registry).iloc[0]
+bad = 0
+for name in names:
+    a, b = online["features"][name], offline[name]
+    same = (a is None and pd.isna(b)) or (a is not None and math.isclose(a, float(b), rel_tol=1e-9, abs_tol=1e-9))
+    bad += not same
+    if not same:
+        print(f"  {name}: online {a}, offline {b}")
+print(f"{len(names)} features of {online['entity']} at t={online['at']}: "
+      f"{len(names) - bad} equal online and offline, {bad} differ")
+sys.exit(1 if bad else 0)
 PY
 step "done: everything started by the demo is stopped on exit"
 # --- end of demo steps ---
