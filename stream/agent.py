@@ -34,7 +34,7 @@ from .processor import BatchProcessor, BatchResult, SourceRecord
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_MAX = 5000
-DEFAULT_BATCH_WITHIN_S = 0.25
+DEFAULT_BATCH_WITHIN_S = 0.5
 
 
 @contextmanager

@@ -19,6 +19,7 @@ import faust
 from aggregations.definitions import FeatureSet, Registry
 from aggregations.schema import DEFAULT_MAX_FUTURE
 
+from . import faust_fixes
 from .agent import DEFAULT_BATCH_MAX, DEFAULT_BATCH_WITHIN_S, FeatureSetAgent
 from .metrics import WorkerMetrics
 from .reading import FeatureReader
@@ -68,6 +69,7 @@ def create_app(
     (kill -9) before its partitions move: the restart of a killed worker waits that long too.
     The returned app carries its ``ServingContext`` as ``app.featurestream``.
     """
+    faust_fixes.apply()
     sets = list(registry.feature_sets.values())
     if topics is None:
         topics = resolve_topics(broker, sets, prefix=topic_prefix, partitions=partitions)
@@ -92,7 +94,6 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=session_timeout_s,
         broker_heartbeat_interval=max(1.0, session_timeout_s / 10),
-        stream_buffer_maxsize=max(4 * batch_max, 16384),
         autodiscover=False,
     )
     metrics = WorkerMetrics()
