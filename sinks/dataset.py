@@ -24,8 +24,9 @@ import pyarrow.dataset as ds
 from aggregations import FeatureSet
 from aggregations.schema import entity_keys
 
-from .layout import DAY_MS, dataset_dir, list_parts
+from .layout import DAY_MS, dataset_dir
 from .records import META_COLUMNS, TIMESTAMP, arrow_schema, table_to_frame
+from .snapshot import live_parts, reading
 
 BATCH_ROWS = 1 << 20
 
@@ -79,12 +80,16 @@ def entity_partitions(keys, partitions: int) -> np.ndarray:
 
 
 def data_files(fs: FeatureSet, store: str | Path, start_ms: int | None = None, end_ms: int | None = None):
-    """Data files of the dataset whose date can hold events with ``start_ms <= ts < end_ms``."""
+    """Data files of the dataset whose date can hold events with ``start_ms <= ts < end_ms``.
+
+    The live files of the current snapshot (``snapshot.live_parts``); hold ``snapshot.reading`` while
+    listing and reading them so that no compaction or retention is applied in between.
+    """
     first_day = None if start_ms is None else int(start_ms) // DAY_MS
     last_day = None if end_ms is None else (int(end_ms) - 1) // DAY_MS
     return [
         part
-        for part in list_parts(dataset_dir(store, fs.name))
+        for part in live_parts(dataset_dir(store, fs.name))
         if (first_day is None or part.day >= first_day) and (last_day is None or part.day <= last_day)
     ]
 
@@ -93,10 +98,11 @@ def count_events(
     fs: FeatureSet, store: str | Path, start_ms: int | None = None, end_ms: int | None = None
 ) -> int:
     """Number of stored events in the files that can hold the time range (from Parquet footers; an upper bound)."""
-    files = data_files(fs, store, start_ms, end_ms)
-    if not files:
-        return 0
-    return ds.dataset([str(f.path) for f in files], format="parquet").count_rows()
+    with reading(dataset_dir(store, fs.name)):
+        files = data_files(fs, store, start_ms, end_ms)
+        if not files:
+            return 0
+        return ds.dataset([str(f.path) for f in files], format="parquet").count_rows()
 
 
 def _single_string_entity(fs: FeatureSet) -> str | None:
@@ -151,18 +157,30 @@ def _scan(fs: FeatureSet, store, columns, start_ms, end_ms, arrival_until_ms, wi
     wanted_columns = _columns(fs, columns)
     schema = arrow_schema(fs)
     out_schema = pa.schema([schema.field(c) for c in wanted_columns])
-    files = data_files(fs, store, start_ms, end_ms)
-    if not files:
-        return out_schema, iter(())
     read_columns = list(wanted_columns)
     if with_entities:
         read_columns += [e for e in fs.entity_names if e not in read_columns]
-    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(fs.entity_names)))
-    dataset = ds.dataset([str(f.path) for f in files], format=fmt, schema=_scan_schema(fs))
-    scanner = dataset.scanner(
-        columns=read_columns, filter=_filter(fs, start_ms, end_ms, arrival_until_ms), batch_size=BATCH_ROWS
-    )
-    return out_schema, (b for b in scanner.to_batches() if b.num_rows)
+    return out_schema, _batches(fs, store, read_columns, start_ms, end_ms, arrival_until_ms)
+
+
+def _batches(fs: FeatureSet, store, read_columns, start_ms, end_ms, arrival_until_ms):
+    """Non-empty record batches of one consistent snapshot (the snapshot lock is held until exhausted)."""
+    with reading(dataset_dir(store, fs.name)):
+        files = data_files(fs, store, start_ms, end_ms)
+        if not files:
+            return
+        fmt = ds.ParquetFileFormat(
+            read_options=ds.ParquetReadOptions(dictionary_columns=set(fs.entity_names))
+        )
+        dataset = ds.dataset([str(f.path) for f in files], format=fmt, schema=_scan_schema(fs))
+        scanner = dataset.scanner(
+            columns=read_columns,
+            filter=_filter(fs, start_ms, end_ms, arrival_until_ms),
+            batch_size=BATCH_ROWS,
+        )
+        for batch in scanner.to_batches():
+            if batch.num_rows:
+                yield batch
 
 
 def read_table(

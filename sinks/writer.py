@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 
 from aggregations import FeatureSet
 
-from .layout import DAY_MS, date_dir, list_parts, list_temps, part_name, source_path, temp_path
+from .layout import DAY_MS, date_dir, list_temps, part_name, source_path, temp_path
 from .records import events_table
+from .snapshot import live_parts, reading
 
 COMPRESSION = "zstd"
 
@@ -89,11 +90,12 @@ def written_offsets(root: Path, partition: int, from_offset: int = 0) -> np.ndar
     (one per date) is handled: the offsets that are missing get written again, the others skipped.
     """
     found = [np.zeros(0, dtype=np.int64)]
-    for part in list_parts(root, partition):
-        if part.last < from_offset:
-            continue
-        column = pq.read_table(part.path, columns=["_offset"]).column(0).to_numpy()
-        found.append(column[column >= from_offset])
+    with reading(root):  # a consistent snapshot, even while a compaction commits
+        for part in live_parts(root, partition):
+            if part.last < from_offset:
+                continue
+            column = pq.read_table(part.path, columns=["_offset"]).column(0).to_numpy()
+            found.append(column[column >= from_offset])
     return np.unique(np.concatenate(found))
 
 

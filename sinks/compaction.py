@@ -1,0 +1,162 @@
+"""Compaction: many small files of a low-rate stream -> files of about a target size, sorted by entity then time.
+
+Work is per (event date, Kafka partition), so a compacted file keeps the layout's name
+``part-p<partition>-o<first>-<last>.parquet`` (first/last over the union of its inputs) and the sink's
+offset accounting (names select candidate files, ``_offset`` gives the exact set) stays valid. Files
+smaller than half the target are packed, in offset order, into bins of at most ``target_bytes`` on
+disk; a bin of at least ``min_files`` files becomes one file whose rows are sorted by the entity
+columns, then event time, arrival, offset. Files are never modified, only replaced.
+
+Each bin is one transaction (see ``snapshot``): read inputs, write the output under a hidden staged
+name and fsync it, check that it holds exactly the inputs' ``(_partition, _offset)`` set, commit by
+writing the journal (atomic rename), apply (rename output, delete inputs, delete journal) under the
+exclusive snapshot lock. Killed anywhere, the dataset shows every event exactly once: before the
+journal exists the staged output is invisible; after, readers apply the journal and the next
+maintenance run finishes it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from aggregations import FeatureSet
+
+from .layout import PartFile, dataset_dir, part_name
+from .records import arrow_schema
+from .snapshot import (
+    STAGED_PREFIX,
+    apply_journal,
+    fsync_dir,
+    live_parts,
+    maintenance,
+    rewriting,
+    write_journal,
+)
+from .writer import COMPRESSION
+
+DEFAULT_TARGET_BYTES = 64 << 20
+ROW_GROUP_ROWS = 256 * 1024
+
+
+@dataclass
+class CompactStats:
+    files_in: int = 0
+    files_out: int = 0
+    rows: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.files_in} files ({self.bytes_in / 1e6:.1f} MB) -> {self.files_out} files "
+            f"({self.bytes_out / 1e6:.1f} MB), {self.rows} events, {self.seconds:.1f}s"
+        )
+
+
+def plan(parts: list[PartFile], target_bytes: int, min_files: int = 2) -> list[list[PartFile]]:
+    """Bins of small files to merge: per (day, partition), in offset order, each at most ``target_bytes``."""
+    groups: dict[tuple[int, int], list[tuple[PartFile, int]]] = defaultdict(list)
+    for part in parts:
+        size = part.path.stat().st_size
+        if size < target_bytes // 2:
+            groups[(part.day, part.partition)].append((part, size))
+    bins = []
+    for key in sorted(groups):
+        current, total = [], 0
+        for part, size in sorted(groups[key], key=lambda ps: (ps[0].first, ps[0].last)):
+            if current and total + size > target_bytes:
+                bins.append(current)
+                current, total = [], 0
+            current.append(part)
+            total += size
+        bins.append(current)
+    return [b for b in bins if len(b) >= max(2, min_files)]
+
+
+def _sort_keys(fs: FeatureSet) -> list[tuple[str, str]]:
+    keys = [*list(fs.entity_names), fs.timestamp_key, "_arrival", "_partition", "_offset"]
+    return [(k, "ascending") for k in keys]
+
+
+def compact(
+    fs: FeatureSet,
+    store: str | Path,
+    *,
+    target_bytes: int = DEFAULT_TARGET_BYTES,
+    min_files: int = 2,
+    progress: bool = False,
+    step=None,
+) -> CompactStats:
+    """Compact the dataset of ``fs`` under ``store`` (safe while the sink, backfill and readers run).
+
+    ``step`` (tests) is called with a step name after every durable step, e.g. to simulate a crash there.
+    """
+    if target_bytes < 1:
+        raise ValueError(f"target_bytes must be >= 1, got {target_bytes}")
+    step = step or (lambda name: None)
+    root = dataset_dir(store, fs.name)
+    stats = CompactStats()
+    started = time.monotonic()
+    if not root.is_dir():
+        return stats
+    schema = arrow_schema(fs)
+    with maintenance(root):  # also rolls forward / cleans up after a killed run
+        bins = plan(live_parts(root), target_bytes, min_files)
+        bar = None
+        if progress and bins:
+            from tqdm import tqdm
+
+            bar = tqdm(total=sum(len(b) for b in bins), unit="file", desc=f"compact {fs.name}")
+        for inputs in bins:
+            _compact_bin(root, schema, _sort_keys(fs), inputs, stats, step)
+            if bar is not None:
+                bar.update(len(inputs))
+        if bar is not None:
+            bar.close()
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _compact_bin(root: Path, schema: pa.Schema, sort_keys, inputs: list[PartFile], stats, step) -> None:
+    table = ds.dataset([str(p.path) for p in inputs], format="parquet", schema=schema).to_table()
+    table = table.sort_by(sort_keys)
+    offsets = table.column("_offset").to_numpy()
+    partitions = np.unique(table.column("_partition").to_numpy())
+    if len(partitions) != 1 or len(np.unique(offsets)) != len(offsets):
+        raise RuntimeError(f"refusing to compact {[p.path.name for p in inputs]}: not one partition's unique offsets")
+    day_dir = inputs[0].path.parent
+    final = day_dir / part_name(int(partitions[0]), int(offsets.min()), int(offsets.max()))
+    tx = uuid.uuid4().hex[:16]
+    staged = day_dir / f"{STAGED_PREFIX}{tx}-{final.name}"
+    with open(staged, "wb") as handle:
+        pq.write_table(table, handle, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
+        handle.flush()
+        os.fsync(handle.fileno())
+    fsync_dir(day_dir)
+    step("staged")
+    check = pq.read_table(staged, columns=["_offset"]).column(0).to_numpy()
+    if not np.array_equal(np.sort(check), np.sort(offsets)):
+        staged.unlink()
+        raise RuntimeError(f"compacted file {staged} does not read back the inputs' offsets")
+    rel = lambda path: path.relative_to(root).as_posix()  # noqa: E731
+    journal = {"tx": tx, "inputs": [rel(p.path) for p in inputs], "outputs": [[rel(staged), rel(final)]]}
+    stats.bytes_in += sum(p.path.stat().st_size for p in inputs)
+    stats.bytes_out += staged.stat().st_size
+    with rewriting(root):  # waits for current readers; new ones wait for the apply (renames and unlinks)
+        write_journal(root, journal)
+        step("committed")
+        apply_journal(root, journal, step)
+    stats.files_in += len(inputs)
+    stats.files_out += 1
+    stats.rows += len(offsets)
