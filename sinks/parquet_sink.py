@@ -124,6 +124,8 @@ class ParquetSink:
         self._to_commit: dict[int, int] = {}  # partition -> next offset, consumed since the last commit
         self._pending = 0
         self._generation = 0  # bumped by every assignment change
+        self._unflushed_from: dict[int, int] = {}  # partition -> first offset accepted since the last flush
+        self._seek_back: dict[int, int] = {}  # partition -> offset to re-read from (its buffer was dropped)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -169,6 +171,8 @@ class ParquetSink:
                         # and take them again from the next poll, under the current assignment.
                         self._rewind(consumer, polled)
                         polled = {}
+                    if self._seek_back:
+                        self._seek_dropped(consumer, polled)
                     for tp, records in polled.items():
                         self._accept(tp.partition, records)
                 now = time.monotonic()
@@ -247,6 +251,24 @@ class ParquetSink:
                 buffer.arrivals.append(record.timestamp)
         self._pending += int(new.sum())
         self._to_commit[partition] = max(self._to_commit.get(partition, 0), int(offsets.max()) + 1)
+        self._unflushed_from.setdefault(partition, int(offsets.min()))
+
+    def _seek_dropped(self, consumer, polled) -> None:
+        """Re-read buffers dropped by a rebalance that left the partition with us.
+
+        kafka-python may keep the fetch position of a partition that stays assigned across a
+        rebalance; without this seek its dropped records would never be written, and a later commit
+        of that partition would pass over them.
+        """
+        from kafka.structs import TopicPartition
+
+        assigned = consumer.assignment()
+        for partition, offset in self._seek_back.items():
+            tp = TopicPartition(self.topic, partition)
+            if tp in assigned:
+                consumer.seek(tp, offset)
+                polled.pop(tp, None)
+        self._seek_back.clear()
 
     def _rewind(self, consumer, polled) -> None:
         assigned = consumer.assignment()
@@ -262,6 +284,7 @@ class ParquetSink:
         with self._lock:  # a revocation waits until these files are in place
             buffers, self._buffers, self._pending = self._buffers, {}, 0
             commits, self._to_commit = self._to_commit, {}
+            self._unflushed_from = {}
             written = self.stats.written
             for partition, buffer in sorted(buffers.items()):
                 self._write(partition, buffer)
@@ -326,6 +349,9 @@ class ParquetSink:
                     self._pending -= len(buffer.payloads)
                 self._known.pop(tp.partition, None)
                 self._to_commit.pop(tp.partition, None)
+                start = self._unflushed_from.pop(tp.partition, None)
+                if start is not None:  # accepted but not written: read again if the partition stays ours
+                    self._seek_back[tp.partition] = min(start, self._seek_back.get(tp.partition, start))
 
 
 def _listener_base():
