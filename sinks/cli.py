@@ -1,4 +1,4 @@
-"""``featurestream sink`` and ``featurestream training-set``: the offline side of the command line."""
+"""``featurestream sink``, ``training-set``, ``compact``, ``backfill`` and ``prune``: the offline command line."""
 
 from __future__ import annotations
 
@@ -83,6 +83,158 @@ def add_commands(subparsers, common) -> None:
         help="compute partitions in this many processes in parallel (default 1)",
     )
     t.set_defaults(func=run_training_set)
+    add_maintenance_commands(subparsers, common)
+
+
+def add_maintenance_commands(subparsers, common) -> None:
+    """Add ``compact``, ``backfill`` and ``prune``."""
+    import argparse
+
+    raw = argparse.RawDescriptionHelpFormatter
+    c = subparsers.add_parser(
+        "compact",
+        parents=[common],
+        formatter_class=raw,
+        help="merge small Parquet files into files of a target size, sorted by entity then time",
+        description=(
+            "Merge each feature set's small files, per event date and Kafka partition, into files of about\n"
+            "--target-mb, sorted by entity, then event time. Safe while the sink, backfill and readers run:\n"
+            "readers see each event exactly once before, during and after, and a compaction killed at any\n"
+            "point is finished (or undone) by the next run of compact or prune."
+        ),
+        epilog="examples:\n  featurestream compact --data-dir data\n  featurestream compact --feature-set transactions --target-mb 128",
+    )
+    c.add_argument(
+        "--feature-set",
+        action="append",
+        dest="feature_sets",
+        metavar="NAME",
+        help="feature set to compact (repeatable; default: every set)",
+    )
+    c.add_argument("--target-mb", type=float, default=64, help="target file size in MB on disk (default 64)")
+    c.add_argument(
+        "--min-files", type=int, default=2, help="merge at least this many files at a time (default 2)"
+    )
+    c.set_defaults(func=run_compact)
+
+    b = subparsers.add_parser(
+        "backfill",
+        parents=[common],
+        formatter_class=raw,
+        help="replay a topic into the Parquet dataset (resumable, idempotent with the live sink)",
+        description=(
+            "Replay the feature set's source topic (or --topic) from the beginning, an offset or a time into\n"
+            "its Parquet dataset. Offsets already in the dataset are skipped, so a backfill never duplicates\n"
+            "what the live sink (or an earlier backfill) wrote. It stops at the end of each partition as of\n"
+            "its start, and no further than the live sink group's committed offset (the live sink owns the\n"
+            "rest), so both can run at once; --to-end ignores the sink (only while no sink runs).\n"
+            "Progress is saved in <dataset>/_backfill.json: the same command, rerun, resumes."
+        ),
+        epilog=(
+            "examples:\n"
+            "  featurestream backfill --feature-set transactions\n"
+            "  featurestream backfill --feature-set transactions --from-offset 120000\n"
+            "  featurestream backfill --feature-set transactions --from-time 2026-01-01T00:00:00Z"
+        ),
+    )
+    b.add_argument("--feature-set", required=True, metavar="NAME", help="feature set to backfill")
+    b.add_argument("--topic", help="replay this topic instead of the feature set's source")
+    start = b.add_mutually_exclusive_group()
+    start.add_argument("--from-offset", type=int, help="start every partition at this offset")
+    start.add_argument(
+        "--from-time", help="start at the first record at/after this time (epoch ms or ISO-8601)"
+    )
+    b.add_argument(
+        "--to-end", action="store_true", help="replay to the end even past the live sink's commits"
+    )
+    b.add_argument("--sink-group", help="the live sink's consumer group (default featurestream-sink-<set>)")
+    b.add_argument("--flush-events", type=int, default=200_000, help="events per write (default 200000)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=run_backfill)
+
+    r = subparsers.add_parser(
+        "prune",
+        aliases=["retention"],
+        parents=[common],
+        formatter_class=raw,
+        help="delete dataset days older than --keep-days (never what the longest window needs)",
+        description=(
+            "Delete whole date=YYYY-MM-DD directories whose events are all older than --keep-days AND older\n"
+            "than the start of the feature set's longest window (plus one period) at the newest stored day,\n"
+            "so online state can always be rebuilt from Parquet. Each day disappears atomically for readers."
+        ),
+        epilog="examples:\n  featurestream prune --keep-days 180 --dry-run\n  featurestream prune --feature-set transactions --keep-days 400",
+    )
+    r.add_argument(
+        "--feature-set",
+        action="append",
+        dest="feature_sets",
+        metavar="NAME",
+        help="feature set to prune (repeatable; default: every set)",
+    )
+    r.add_argument("--keep-days", type=float, required=True, help="keep at least this many days of history")
+    r.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    r.set_defaults(func=run_prune)
+
+
+def _sets(args):
+    registry = load_registry(args.definitions)
+    return [registry.feature_set(n) for n in (args.feature_sets or list(registry.feature_sets))]
+
+
+def run_compact(args) -> int:
+    from .compaction import compact
+
+    for fs in _sets(args):
+        stats = compact(
+            fs,
+            args.data_dir,
+            target_bytes=int(args.target_mb * (1 << 20)),
+            min_files=args.min_files,
+            progress=True,
+        )
+        print(f"compact {fs.name}: {stats.summary()}")
+    return 0
+
+
+def run_backfill(args) -> int:
+    from .backfill import backfill
+
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    fs = load_registry(args.definitions).feature_set(args.feature_set)
+    start = (
+        args.from_offset
+        if args.from_offset is not None
+        else f"ts:{args.from_time}"
+        if args.from_time
+        else "earliest"
+    )
+    stats = backfill(
+        fs,
+        args.data_dir,
+        args.broker,
+        topic=args.topic,
+        start=start,
+        until_sink=not args.to_end,
+        sink_group=args.sink_group,
+        flush_events=args.flush_events,
+        progress=not args.no_progress,
+    )
+    print(f"backfill {fs.name}: {stats.summary()}")
+    return 0
+
+
+def run_prune(args) -> int:
+    from .retention import prune
+
+    for fs in _sets(args):
+        result = prune(fs, args.data_dir, args.keep_days, dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        print(
+            f"prune {fs.name}: {result.summary()}"
+            + (f"; {verb}: {', '.join(result.deleted)}" if result.deleted else "")
+        )
+    return 0
 
 
 def run_sink(args) -> int:

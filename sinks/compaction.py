@@ -134,7 +134,9 @@ def _compact_bin(root: Path, schema: pa.Schema, sort_keys, inputs: list[PartFile
     offsets = table.column("_offset").to_numpy()
     partitions = np.unique(table.column("_partition").to_numpy())
     if len(partitions) != 1 or len(np.unique(offsets)) != len(offsets):
-        raise RuntimeError(f"refusing to compact {[p.path.name for p in inputs]}: not one partition's unique offsets")
+        raise RuntimeError(
+            f"refusing to compact {[p.path.name for p in inputs]}: not one partition's unique offsets"
+        )
     day_dir = inputs[0].path.parent
     final = day_dir / part_name(int(partitions[0]), int(offsets.min()), int(offsets.max()))
     tx = uuid.uuid4().hex[:16]

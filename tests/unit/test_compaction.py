@@ -39,7 +39,11 @@ def fill(store, batches=12, size=40, seed=0):
         offsets = np.arange(next_offset[p], next_offset[p] + size)
         next_offset[p] += size
         rows = [
-            {"user_id": f"u{int(rng.integers(0, 7))}", "ts": T0 + int(rng.integers(0, 2 * DAY_MS)), "amount": 1.0 * i}
+            {
+                "user_id": f"u{int(rng.integers(0, 7))}",
+                "ts": T0 + int(rng.integers(0, 2 * DAY_MS)),
+                "amount": 1.0 * i,
+            }
             for i in range(size)
         ]
         write_batch(FS, root, p, validator.to_frame(rows), offsets, offsets + T0)

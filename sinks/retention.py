@@ -1,0 +1,76 @@
+"""Dataset retention: delete whole days older than N days, never what a window still needs to bootstrap.
+
+A day ``date=D`` is deleted only if every event it can hold is older than both
+
+* ``now - keep_days`` (the retention the user asked for), and
+* ``floor((ref - W) / P) * P - P`` where W/P is the feature set's longest window and its period
+  (``FeatureSet.plan.longest``) and ``ref`` is the earlier of ``now`` and the start of the newest
+  stored day: a bootstrap of online state from Parquet at ``ref`` reads from the start of its
+  longest window (the window contract), and one more period is kept as a margin.
+
+Each day goes atomically: under the exclusive snapshot lock its directory is renamed to a hidden
+``.deleting-date=...`` name (readers skip it; the rename is fsynced), then removed. A run killed in
+between leaves only an invisible directory, removed by the next maintenance run. Never deleting
+the newest data is what keeps the sink's offset accounting safe: the live sink resumes from its
+committed offsets, which belong to recent days.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aggregations import FeatureSet
+
+from .layout import DAY_MS, dataset_dir, parse_day
+from .snapshot import DELETING_PREFIX, fsync_dir, maintenance, rewriting
+
+
+@dataclass
+class RetentionResult:
+    cutoff_ms: int  # days ending at or before this instant were deleted
+    deleted: list[str] = field(default_factory=list)  # date directory names
+    kept: int = 0
+
+    def summary(self) -> str:
+        cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.cutoff_ms / 1000))
+        return f"deleted {len(self.deleted)} day(s) ending by {cutoff}, kept {self.kept}"
+
+
+def retention_cutoff(fs: FeatureSet, keep_days: float, now_ms: int, newest_day: int | None) -> int:
+    """The instant before which whole days may be deleted (see the module docstring)."""
+    if keep_days < 0:
+        raise ValueError(f"keep_days must be >= 0, got {keep_days}")
+    longest = fs.plan.longest
+    ref = now_ms if newest_day is None else min(now_ms, newest_day * DAY_MS)
+    window_start = ((ref - longest.length) // longest.period) * longest.period - longest.period
+    return min(int(now_ms - keep_days * DAY_MS), window_start)
+
+
+def prune(
+    fs: FeatureSet, store: str | Path, keep_days: float, *, now_ms: int | None = None, dry_run: bool = False
+) -> RetentionResult:
+    """Delete the days of ``fs``'s dataset that retention allows (see the module docstring)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    root = dataset_dir(store, fs.name)
+    if not root.is_dir():
+        return RetentionResult(retention_cutoff(fs, keep_days, now_ms, None))
+    with maintenance(root):
+        days = sorted((d, entry) for entry in root.iterdir() if (d := parse_day(entry.name)) is not None)
+        newest = days[-1][0] if days else None
+        result = RetentionResult(retention_cutoff(fs, keep_days, now_ms, newest))
+        for day, entry in days:
+            if (day + 1) * DAY_MS > result.cutoff_ms:
+                result.kept += 1
+                continue
+            result.deleted.append(entry.name)
+            if dry_run:
+                continue
+            hidden = root / f"{DELETING_PREFIX}{entry.name}"
+            with rewriting(root):  # no reader is between listing and reading this day
+                entry.rename(hidden)
+                fsync_dir(root)
+            shutil.rmtree(hidden)
+    return result
