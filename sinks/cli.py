@@ -229,11 +229,7 @@ def run_prune(args) -> int:
 
     for fs in _sets(args):
         result = prune(fs, args.data_dir, args.keep_days, dry_run=args.dry_run)
-        verb = "would delete" if args.dry_run else "deleted"
-        print(
-            f"prune {fs.name}: {result.summary()}"
-            + (f"; {verb}: {', '.join(result.deleted)}" if result.deleted else "")
-        )
+        print(f"prune {fs.name}: {result.summary(args.dry_run)}")
     return 0
 
 

@@ -34,9 +34,11 @@ class RetentionResult:
     deleted: list[str] = field(default_factory=list)  # date directory names
     kept: int = 0
 
-    def summary(self) -> str:
+    def summary(self, dry_run: bool = False) -> str:
         cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.cutoff_ms / 1000))
-        return f"deleted {len(self.deleted)} day(s) ending by {cutoff}, kept {self.kept}"
+        verb = "would delete" if dry_run else "deleted"
+        names = f": {', '.join(self.deleted)}" if self.deleted else ""
+        return f"{verb} {len(self.deleted)} day(s) ending by {cutoff}, kept {self.kept}{names}"
 
 
 def retention_cutoff(fs: FeatureSet, keep_days: float, now_ms: int, newest_day: int | None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -153,3 +154,25 @@ def test_kill_9_in_a_subprocess(tmp_path):
     compact(FS, tmp_path, target_bytes=1 << 20)
     pd.testing.assert_frame_equal(snapshot_rows(tmp_path), expected)
     assert read_journal(root) is None
+
+
+def test_cli_compact_and_prune(tmp_path, capsys):
+    from aggregations.loading import load_registry
+    from featurestream.cli import main
+
+    definitions = str(Path(__file__).resolve().parents[2] / "examples" / "transactions" / "features.py")
+    fs = load_registry(definitions).feature_set("transactions")
+    root = dataset_dir(tmp_path, fs.name)
+    validator = EventValidator(fs, max_future="100000d")
+    for b in range(3):
+        rows = [{"user_id": f"u{i % 3}", "ts": T0 + i, "amount": 1.0} for i in range(10)]
+        write_batch(fs, root, 0, validator.to_frame(rows), np.arange(b * 10, b * 10 + 10), np.full(10, T0))
+    old = [{"user_id": "u0", "ts": T0 - 200 * DAY_MS, "amount": 1.0}]
+    write_batch(fs, root, 0, validator.to_frame(old), np.array([30]), np.array([T0]))
+    common = ["--definitions", definitions, "--data-dir", str(tmp_path)]
+    assert main(["compact", *common]) == 0
+    assert "3 files" in capsys.readouterr().out and len(list_parts(root)) == 2
+    assert main(["prune", *common, "--keep-days", "1", "--dry-run"]) == 0
+    assert "would delete 1 day(s)" in capsys.readouterr().out and len(list_parts(root)) == 2
+    assert main(["retention", *common, "--keep-days", "1"]) == 0  # the alias
+    assert [p.day for p in list_parts(root)] == [T0 // DAY_MS]  # the newest day stays (longest window)
