@@ -1,9 +1,11 @@
 """Bytes for one entity's online state (its tiles at every level plus metadata), and back.
 
-Layout: b"FS1" | u32 meta length | meta JSON | per level of the chain: u32 n | int64 tile index[n] |
-each numeric field array of the plan, in plan order. Object arrays (string first/last values,
-distinct sets) travel in the meta JSON. The meta carries the definition fingerprint, so state of a
-changed definition is never read by accident, and free-form entries (e.g. applied source offsets).
+Layout: b"FS2" | u32 meta length | meta JSON | per level of the chain: u32 n | n rows of
+(1 + k) little-endian 8-byte words: the tile index, then each numeric field array of the plan
+in plan order (floats stored by their bit pattern). Row-major tiles let a whole batch of entities
+decode with one ``frombuffer`` per level. Object arrays (string first/last values, distinct sets)
+travel in the meta JSON. The meta carries the definition fingerprint, so state of a changed
+definition is never read by accident, and free-form entries (e.g. applied source offsets).
 Deliberately not pickle: the changelog topic must not be able to run code.
 """
 
@@ -19,12 +21,13 @@ from .definitions import FeatureSet
 from .fields import FIELDS
 from .kernel import Level, Levels
 
-MAGIC = b"FS1"
+MAGIC = b"FS2"
 _U32 = struct.Struct("<I")
+_WORD = np.dtype("<i8")
 
 
 class StateMismatch(ValueError):
-    """Stored state was written by a different feature set definition."""
+    """Stored state was written by a different feature set definition (or is not tile state)."""
 
 
 class EntityStateCodec:
@@ -39,51 +42,66 @@ class EntityStateCodec:
             c: ("O" if feature_set.schema.get(c) == "string" else "f") for c in self.plan.fields_by_column
         }
         self.value_dtype = {c: (object if k == "O" else np.float64) for c, k in kinds.items()}
-        # (key, array position, dtype) of every array; object arrays go to the JSON meta.
+        # (key, array position, dtype) of every array; numeric ones are 8-byte words, object ones go to JSON.
         self.arrays = []
         for column, field in self.keys:
             for pos, arr in enumerate(FIELDS[field].zeros(0, self.value_dtype[column])):
+                if arr.dtype.kind != "O" and arr.dtype.itemsize != 8:
+                    raise TypeError(f"codec stores 8-byte words, field {field} has {arr.dtype}")
                 self.arrays.append(((column, field), pos, arr.dtype))
+        self.numeric = [a for a in self.arrays if a[2].kind != "O"]
+        self.objects = [a for a in self.arrays if a[2].kind == "O"]
+        self.width = 1 + len(self.numeric)
 
-    def encode(self, levels: Levels, code: int, meta: dict | None = None, bounds=None) -> bytes:
-        """One entity's tiles (rows of ``code`` in ``levels``) as bytes; ``bounds`` = per-level row slices."""
-        body = dict(meta or {})
-        body["fp"] = self.fingerprint
-        objects: dict[str, list] = {}
-        chunks: list[bytes] = []
-        for period in self.plan.chain:
-            level = levels.levels[period]
-            lo, hi = bounds[period] if bounds else _slice(level.codes, code)
-            chunks.append(_U32.pack(hi - lo))
-            chunks.append(level.index[lo:hi].astype(np.int64).tobytes())
-            for key, pos, dtype in self.arrays:
-                arr = level.states[key][pos][lo:hi]
-                if dtype.kind == "O":
-                    objects[f"{period}|{key[0]}|{key[1]}|{pos}"] = [_jsonable(v) for v in arr.tolist()]
-                else:
-                    chunks.append(np.ascontiguousarray(arr, dtype=dtype).tobytes())
-        if objects:
-            body["obj"] = objects
-        meta_bytes = json.dumps(body, separators=(",", ":")).encode()
-        return MAGIC + _U32.pack(len(meta_bytes)) + meta_bytes + b"".join(chunks)
+    # -- encoding ---------------------------------------------------------------------------------------
+
+    def _matrix(self, level: Level) -> np.ndarray:
+        """Tiles of a level as an (n, width) matrix of 8-byte words, row per tile."""
+        columns = [level.index.astype(np.int64, copy=False)]
+        columns += [
+            level.states[key][pos].astype(dtype, copy=False).view(np.int64)
+            for key, pos, dtype in self.numeric
+        ]
+        return np.ascontiguousarray(np.column_stack(columns).astype(_WORD, copy=False))
+
+    def encode(self, levels: Levels, code: int, meta: dict | None = None) -> bytes:
+        """One entity's tiles (the rows of ``code`` in ``levels``) as bytes."""
+        return self.encode_all(levels, [code], [meta or {}])[0]
 
     def encode_all(self, levels: Levels, codes: Sequence[int], metas: Sequence[dict]) -> list[bytes]:
-        """Encode many entities at once (levels sorted by code)."""
+        """Encode many entities at once (``levels`` sorted by code, as the kernel keeps them)."""
+        per_level = []
+        for period in self.plan.chain:
+            level = levels.levels[period]
+            lo = np.searchsorted(level.codes, codes, side="left")
+            hi = np.searchsorted(level.codes, codes, side="right")
+            per_level.append((period, level, self._matrix(level), lo, hi))
         out = []
-        edges = {}
-        for period, level in levels.levels.items():
-            edges[period] = (
-                np.searchsorted(level.codes, codes, side="left"),
-                np.searchsorted(level.codes, codes, side="right"),
-            )
-        for i, (code, meta) in enumerate(zip(codes, metas, strict=True)):
-            bounds = {p: (int(e[0][i]), int(e[1][i])) for p, e in edges.items()}
-            out.append(self.encode(levels, code, meta, bounds))
+        for i, meta in enumerate(metas):
+            body = dict(meta)
+            body["fp"] = self.fingerprint
+            chunks: list[bytes] = []
+            objects: dict[str, list] = {}
+            for period, level, matrix, lo, hi in per_level:
+                a, b = int(lo[i]), int(hi[i])
+                chunks.append(_U32.pack(b - a))
+                chunks.append(matrix[a:b].tobytes())
+                for key, pos, _ in self.objects:
+                    values = level.states[key][pos][a:b].tolist()
+                    if values:
+                        objects[f"{period}|{key[0]}|{key[1]}|{pos}"] = [_jsonable(v) for v in values]
+            if objects:
+                body["obj"] = objects
+            meta_bytes = json.dumps(body, separators=(",", ":")).encode()
+            out.append(MAGIC + _U32.pack(len(meta_bytes)) + meta_bytes + b"".join(chunks))
         return out
 
+    # -- decoding ---------------------------------------------------------------------------------------
+
     def decode_meta(self, blob: bytes) -> tuple[dict, int]:
+        """The meta of one state blob and the offset where its tiles begin; checks the fingerprint."""
         if blob[:3] != MAGIC:
-            raise StateMismatch("state is not featurestream tile state (bad magic)")
+            raise StateMismatch("state is not featurestream tile state of this format (bad magic)")
         (n,) = _U32.unpack_from(blob, 3)
         meta = json.loads(blob[7 : 7 + n])
         if meta.get("fp") != self.fingerprint:
@@ -95,52 +113,52 @@ class EntityStateCodec:
 
     def decode_many(self, blobs: Sequence[bytes | None]) -> tuple[Levels, list[dict]]:
         """Decode entities' states into one ``Levels`` with code i for blobs[i] (None = no state yet)."""
-        parts: dict[int, list] = {p: [] for p in self.plan.chain}
+        row_bytes = 8 * self.width
+        slices: dict[int, list[bytes]] = {p: [] for p in self.plan.chain}
+        counts: dict[int, list[int]] = {p: [] for p in self.plan.chain}
+        owners: dict[int, list[int]] = {p: [] for p in self.plan.chain}
+        objects_by_level: dict[int, dict] = {p: {} for p in self.plan.chain}
         metas = []
         for code, blob in enumerate(blobs):
             if blob is None:
                 metas.append({})
                 continue
             meta, offset = self.decode_meta(blob)
-            objects = meta.pop("obj", {})
+            objects = meta.pop("obj", None)
             metas.append(meta)
             for period in self.plan.chain:
                 (n,) = _U32.unpack_from(blob, offset)
                 offset += 4
-                index = np.frombuffer(blob, np.int64, n, offset)
-                offset += 8 * n
-                arrays = {}
-                for key, pos, dtype in self.arrays:
-                    if dtype.kind == "O":
-                        arr = np.empty(n, dtype=object)
-                        values = objects.get(f"{period}|{key[0]}|{key[1]}|{pos}", [None] * n)
-                        arr[:] = [frozenset(v) if key[1] == "distinct" else v for v in values]
-                    else:
-                        arr = np.frombuffer(blob, dtype, n, offset)
-                        offset += dtype.itemsize * n
-                    arrays[(key, pos)] = arr
-                parts[period].append((np.full(n, code, np.int64), index, arrays))
-        return self._assemble(parts), metas
-
-    def _assemble(self, parts) -> Levels:
+                slices[period].append(blob[offset : offset + n * row_bytes])
+                offset += n * row_bytes
+                counts[period].append(n)
+                owners[period].append(code)
+                if self.objects:
+                    for key, pos, _ in self.objects:
+                        name = f"{period}|{key[0]}|{key[1]}|{pos}"
+                        values = objects.get(name) if objects else None
+                        objects_by_level[period].setdefault((key, pos), []).extend(values or [None] * n)
         levels = {}
         for period in self.plan.chain:
-            chunks = parts[period]
-            states = {}
-            for key in self.keys:
-                zeros = FIELDS[key[1]].zeros(0, self.value_dtype[key[0]])
-                states[key] = tuple(
-                    np.concatenate([z] + [c[2][(key, pos)] for c in chunks]) if chunks else z
-                    for pos, z in enumerate(zeros)
+            matrix = np.frombuffer(b"".join(slices[period]), dtype=_WORD).reshape(-1, self.width)
+            codes = np.repeat(np.asarray(owners[period], np.int64), np.asarray(counts[period], np.int64))
+            arrays = {}
+            for j, (key, pos, dtype) in enumerate(self.numeric, start=1):
+                arrays[(key, pos)] = matrix[:, j].astype(np.int64).view(dtype)
+            for key, pos, _ in self.objects:
+                values = objects_by_level[period].get((key, pos), [])
+                arr = np.empty(len(values), dtype=object)
+                arr[:] = [frozenset(v) if key[1] == "distinct" and v is not None else v for v in values]
+                arrays[(key, pos)] = arr
+            states = {
+                key: tuple(
+                    arrays[(key, pos)]
+                    for pos in range(len(FIELDS[key[1]].zeros(0, self.value_dtype[key[0]])))
                 )
-            codes = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int64)
-            index = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros(0, np.int64)
-            levels[period] = Level(period, codes, index, states)
-        return Levels(levels)
-
-
-def _slice(codes: np.ndarray, code: int) -> tuple[int, int]:
-    return int(np.searchsorted(codes, code, "left")), int(np.searchsorted(codes, code, "right"))
+                for key in self.keys
+            }
+            levels[period] = Level(period, codes, matrix[:, 0].astype(np.int64), states)
+        return Levels(levels), metas
 
 
 def _jsonable(value):
