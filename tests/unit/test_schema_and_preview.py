@@ -114,3 +114,33 @@ def test_preview_at_rows_with_datetimes_and_unknown_entity():
 def test_preview_requires_timestamp_column():
     with pytest.raises(KeyError, match="timestamp column 'ts'"):
         TX.preview(random_events(), at=pd.DataFrame({"user_id": ["u1"]}))
+
+
+def test_row_level_transforms_run_before_aggregation():
+    from aggregations import Aggregation, Entity, FeatureSet
+
+    def in_cents(frame):
+        """A batch transform: derive a column the aggregation reads."""
+        return frame.assign(cents=frame["amount"] * 100)
+
+    fs = FeatureSet(
+        "tx_cents",
+        [Entity("user_id")],
+        "ts",
+        "transactions",
+        {"user_id": "string", "ts": "timestamp", "amount": "float64"},
+        [Aggregation("cents", ["sum", "max"], windows=["1d"])],
+        transforms=[in_cents],
+    )
+    events = random_events()
+    result = fs.preview(events)
+    ref = [
+        dict(key=u, ts=int(t), seq=i, value=None if math.isnan(a) else a * 100)
+        for i, (u, t, a) in enumerate(zip(events.user_id, events.ts, events.amount, strict=True))
+    ]
+    for i in range(0, len(events), 7):
+        key, t = events.user_id.iloc[i], int(events.ts.iloc[i])
+        for op in ("sum", "max"):
+            expected = oracle.feature_at(ref, key, t, op, 86_400_000, 3_600_000)
+            got = result[f"cents_{op}_1d"].iloc[i]
+            assert (expected is None and pd.isna(got)) or got == pytest.approx(expected, rel=1e-9, abs=1e-9)
