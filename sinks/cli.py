@@ -1,8 +1,9 @@
-"""``featurestream sink``, ``training-set``, ``compact``, ``backfill`` and ``prune``: the offline command line."""
+"""``featurestream sink``, ``training-set``, ``compact``, ``backfill``, ``prune`` and ``bootstrap``: the offline command line."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from aggregations.loading import load_registry
+from aggregations.naming import DEFAULT_APP_ID
 
 from .parquet_sink import DEFAULT_FLUSH_EVENTS, DEFAULT_FLUSH_SECONDS, ParquetSink, default_group
 
@@ -176,6 +178,39 @@ def add_maintenance_commands(subparsers, common) -> None:
     r.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     r.set_defaults(func=run_prune)
 
+    s = subparsers.add_parser(
+        "bootstrap",
+        parents=[common],
+        formatter_class=raw,
+        help="build a feature set's online state from Parquet history (full windows on day one)",
+        description=(
+            "Rebuild the online tile state of a new or changed feature set from its Parquet dataset and\n"
+            "write it to the tile table's changelog topic (<app-id>-<set>-tiles-<fingerprint>-changelog),\n"
+            "each entity in its source partition, with the highest stored source offset per entity. Then\n"
+            "start the workers on fresh state dirs: they recover the table from the changelog and apply\n"
+            "only source events past each entity's stored offset, so no event counts twice or is missed.\n"
+            "Refuses (writes nothing) if the changelog already holds state, or if the worker group has\n"
+            "committed source offsets beyond what the dataset holds."
+        ),
+        epilog="example:\n  featurestream sink --once --feature-set transactions\n"
+        "  featurestream bootstrap --feature-set transactions",
+    )
+    s.add_argument("--feature-set", required=True, metavar="NAME", help="feature set to bootstrap")
+    s.add_argument(
+        "--app-id",
+        default=os.environ.get("FEATURESTREAM_APP_ID", DEFAULT_APP_ID),
+        help=f"the workers' Faust app id (env FEATURESTREAM_APP_ID; default {DEFAULT_APP_ID})",
+    )
+    s.add_argument("--topic", help="the source topic (default: the topic the dataset was written from)")
+    s.add_argument("--now", type=int, help="expire state as of this time, epoch ms (default: now)")
+    s.add_argument("--force", action="store_true", help="write even if the checks refuse (see above)")
+    s.add_argument("--sink-group", help="the live sink's consumer group (default featurestream-sink-<set>)")
+    s.add_argument(
+        "--partitions", type=int, help="entity-hash partitions of the work (default: from the data size)"
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=run_bootstrap)
+
 
 def _sets(args):
     registry = load_registry(args.definitions)
@@ -221,6 +256,31 @@ def run_backfill(args) -> int:
         progress=not args.no_progress,
     )
     print(f"backfill {fs.name}: {stats.summary()}")
+    return 0
+
+
+def run_bootstrap(args) -> int:
+    from .bootstrap import BootstrapRefused, bootstrap
+
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    fs = load_registry(args.definitions).feature_set(args.feature_set)
+    try:
+        stats = bootstrap(
+            fs,
+            args.data_dir,
+            args.broker,
+            app_id=args.app_id,
+            topic=args.topic,
+            now=args.now,
+            force=args.force,
+            sink_group=args.sink_group,
+            partitions=args.partitions,
+            progress=not args.no_progress,
+        )
+    except BootstrapRefused as exc:
+        print(f"featurestream bootstrap: refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"bootstrap {fs.name}: {stats.summary()}")
     return 0
 
 

@@ -1,0 +1,27 @@
+"""Names the online store and its rebuilders must agree on: tile table, changelog topic, state meta keys.
+
+The worker (stream/) writes each set's tile state to a Faust table whose changelog topic is the
+durable copy; ``featurestream bootstrap`` (sinks/) writes that same changelog from Parquet history so a
+fresh worker recovers full windows from it. stream/ and sinks/ may not import each other, so the names
+both rely on live here, once. The table name carries the definition fingerprint: a changed definition
+gets a new table (and changelog) and never reads old state.
+"""
+
+from __future__ import annotations
+
+from .definitions import FeatureSet
+
+DEFAULT_APP_ID = "featurestream"
+
+#: State meta entry: {str(source partition): highest source offset applied to the entity}.
+OFFSETS_META = "offsets"
+
+
+def table_name(feature_set: FeatureSet) -> str:
+    """Name of a set's tile table: ``<set>-tiles-<definition fingerprint>``."""
+    return f"{feature_set.name}-tiles-{feature_set.fingerprint()}"
+
+
+def changelog_topic(feature_set: FeatureSet, app_id: str = DEFAULT_APP_ID) -> str:
+    """The Kafka changelog topic of a set's tile table (Faust's ``<app id>-<table>-changelog``)."""
+    return f"{app_id}-{table_name(feature_set)}-changelog"
