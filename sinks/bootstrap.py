@@ -103,7 +103,7 @@ def bootstrap(
             raise BootstrapRefused(
                 f"changelog {changelog!r} has {n_changelog} partitions, source {source!r} has {n_source}"
             )
-        elif not force and _holds_records(servers, changelog, n_changelog):
+        elif n_changelog is not None and not force and _holds_records(servers, changelog, n_changelog):
             raise BootstrapRefused(
                 f"changelog {changelog!r} already holds state of feature set {fs.name!r} (definition "
                 f"{fs.fingerprint()}): a worker built it, or an earlier bootstrap did. Use --force to write on "
