@@ -16,7 +16,8 @@ from pathlib import Path
 
 import faust
 
-from aggregations.definitions import FeatureSet, Registry
+from aggregations.definitions import Registry
+from aggregations.naming import DEFAULT_APP_ID, table_name
 from aggregations.schema import DEFAULT_MAX_FUTURE
 
 from . import faust_fixes
@@ -26,13 +27,7 @@ from .reading import FeatureReader
 from .topics import DEFAULT_PARTITIONS, SetTopics, bootstrap_servers, resolve_topics
 from .views import ServingContext, register_views
 
-DEFAULT_APP_ID = "featurestream"
 ROCKSDB_OPTIONS = {"driver": "rocksdict"}
-
-
-def table_name(feature_set: FeatureSet) -> str:
-    """Name of a set's tile table (its changelog topic is ``<app id>-<name>-changelog``)."""
-    return f"{feature_set.name}-tiles-{feature_set.fingerprint()}"
 
 
 def default_worker_id() -> str:

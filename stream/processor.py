@@ -27,6 +27,7 @@ from aggregations.codec import EntityStateCodec, StateMismatch
 from aggregations.compute import apply_transforms, event_batch
 from aggregations.definitions import FeatureSet
 from aggregations.kernel import build_levels, expire, late_cutoff, merge_levels
+from aggregations.naming import OFFSETS_META
 from aggregations.schema import DEFAULT_MAX_FUTURE, EventValidator, entity_keys
 
 from .envelope import Envelope, envelope
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 #: Reads the current state blobs of ``keys`` in source partition ``partition`` (None = no state yet).
 StateLoader = Callable[[int, Sequence[bytes]], Sequence[bytes | None]]
 
-OFFSETS = "offsets"  # state meta entry: {str(source partition): highest applied source offset}
+OFFSETS = OFFSETS_META  # state meta entry: {str(source partition): highest applied source offset}
 
 
 class StateLoadError(RuntimeError):

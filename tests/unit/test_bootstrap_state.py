@@ -33,10 +33,12 @@ PARTITIONS = 3
 
 
 def test_names_match_the_worker():
-    assert naming.table_name(TX) == stream.app.table_name(TX)
-    assert naming.DEFAULT_APP_ID == stream.app.DEFAULT_APP_ID
-    assert naming.changelog_topic(TX) == f"featurestream-{stream.app.table_name(TX)}-changelog"
-    assert naming.changelog_topic(TX, "x") == f"x-{stream.app.table_name(TX)}-changelog"
+    # The worker names its table and changelog with these very functions (no second copy of the rule).
+    assert stream.app.table_name is naming.table_name
+    assert stream.app.DEFAULT_APP_ID == naming.DEFAULT_APP_ID
+    assert naming.table_name(TX) == f"transactions-tiles-{TX.fingerprint()}"
+    assert naming.changelog_topic(TX) == f"featurestream-transactions-tiles-{TX.fingerprint()}-changelog"
+    assert naming.changelog_topic(TX, "x") == f"x-{naming.table_name(TX)}-changelog"
     assert naming.OFFSETS_META == stream.processor.OFFSETS
 
 
