@@ -70,12 +70,24 @@ class FeatureReader:
         n = len(blobs)
         levels, _ = self.codec.decode_many(list(blobs))
         values = read(self.plan, levels, np.arange(n, dtype=np.int64), np.full(n, at_ms, dtype=np.int64))
-        frame = pd.DataFrame({name: values[name] for name in self.aggregated})
-        if self.on_read and any(name in self.on_read for name in names):
-            req = request if request is not None else pd.DataFrame(index=range(n))
-            frame = apply_on_read(self.feature_set, req.reset_index(drop=True), frame)
-        columns = {name: json_values(frame[name].to_numpy()) for name in names}
+        columns = {name: json_values(values[name]) for name in names if name in values}
+        derived = [name for name in names if name in self.on_read]
+        if derived:
+            columns.update(self._on_read_columns(derived, values, request, n))
         return [{name: columns[name][i] for name in names} for i in range(n)]
+
+    def _on_read_columns(
+        self, derived: list[str], values: dict, request: pd.DataFrame | None, n: int
+    ) -> dict:
+        """On-read features; one whose request inputs are absent is null without building any frame."""
+        provided = set(request.columns) if request is not None else set()
+        by_name = {o.name: o for o in self.feature_set.on_read}
+        if all(not set(by_name[name].inputs) <= provided for name in derived):
+            return {name: [None] * n for name in derived}
+        frame = pd.DataFrame({name: values[name] for name in self.aggregated})
+        req = request if request is not None else pd.DataFrame(index=range(n))
+        frame = apply_on_read(self.feature_set, req.reset_index(drop=True), frame)
+        return {name: json_values(frame[name].to_numpy()) for name in derived}
 
 
 def json_values(values: np.ndarray) -> list:
@@ -147,7 +159,9 @@ def vector_entity_keys(feature_set: FeatureSet, entities: list[dict]) -> list[st
         for name in feature_set.entity_names:
             value = entity.get(name)
             if value is None or value == "" or isinstance(value, dict | list | bool):
-                raise BadRequest(f"entities[{i}] lacks a valid entity key {name!r} for feature set {feature_set.name!r}")
+                raise BadRequest(
+                    f"entities[{i}] lacks a valid entity key {name!r} for feature set {feature_set.name!r}"
+                )
     frame = pd.DataFrame({name: [e[name] for e in entities] for name in feature_set.entity_names})
     if not entities:
         return []
