@@ -42,6 +42,7 @@ DELETING_PREFIX = ".deleting-"
 
 
 def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -23,18 +23,9 @@ from aggregations import FeatureSet
 
 from .layout import DAY_MS, date_dir, list_temps, part_name, source_path, temp_path
 from .records import events_table
-from .snapshot import live_parts, reading
+from .snapshot import fsync_dir, live_parts, reading
 
 COMPRESSION = "zstd"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_parquet_atomic(table: pa.Table, final: Path) -> Path:
