@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .definitions import FeatureSet
-from .kernel import EventBatch, Levels, build_levels, read
+from .kernel import EventBatch, Levels, build_levels, empty_levels, expire, late_cutoff, merge_levels, read
 from .schema import entity_keys, to_epoch_ms
 
 
@@ -82,3 +82,32 @@ def apply_on_read(feature_set: FeatureSet, request: pd.DataFrame, features: pd.D
             continue
         out[derived.name] = pd.Series(derived.fn(frame), index=frame.index)
     return out
+
+
+def fold_into_state(
+    feature_set: FeatureSet,
+    stored: Levels | None,
+    frame: pd.DataFrame,
+    codes: np.ndarray,
+    seq: np.ndarray,
+    now_ms: int,
+    skip: np.ndarray | None = None,
+) -> tuple[Levels, np.ndarray]:
+    """Online state after a batch of transformed events: the one ingest step the worker and bootstrap share.
+
+    Events marked in ``skip`` (e.g. already applied) are left out; so are events late at ``now_ms`` (older
+    than any read at or after ``now_ms`` can reach), whose mask is returned for the caller to report.
+    The rest are folded into ``stored`` (None: no state yet), and tiles no read can reach expire.
+    """
+    plan = feature_set.plan
+    ts = to_epoch_ms(frame[feature_set.timestamp_key]) if len(frame) else np.zeros(0, np.int64)
+    candidate = np.ones(len(ts), dtype=bool) if skip is None else ~np.asarray(skip, dtype=bool)
+    late = candidate & (ts < late_cutoff(plan, now_ms))
+    keep = candidate & ~late
+    levels = stored
+    if keep.any():
+        fresh = build_levels(plan, event_batch(feature_set, frame[keep], codes[keep], seq[keep]))
+        levels = fresh if stored is None else merge_levels(stored, fresh)
+    if levels is None:
+        levels = empty_levels(plan)
+    return expire(plan, levels, now_ms), late

@@ -26,8 +26,7 @@ import pandas as pd
 
 from aggregations import FeatureSet
 from aggregations.codec import EntityStateCodec
-from aggregations.compute import apply_transforms, event_batch
-from aggregations.kernel import build_levels, expire, late_cutoff
+from aggregations.compute import apply_transforms, fold_into_state
 from aggregations.naming import OFFSETS_META
 from aggregations.schema import entity_keys
 
@@ -74,7 +73,6 @@ def partition_states(
     fs: FeatureSet, events: pd.DataFrame, now: int, codec: EntityStateCodec
 ) -> PartitionStates:
     """States of every (source partition, entity) among ``events`` (stored rows, meta columns included)."""
-    plan = fs.plan
     source_part = events["_partition"].to_numpy(dtype=np.int64)
     offsets = events["_offset"].to_numpy(dtype=np.int64)
     # Transforms see what the worker's see: the validated event columns, no storage columns.
@@ -90,10 +88,7 @@ def partition_states(
     group_part = groups % n_parts
     top = pd.Series(offsets).groupby(codes, sort=True).max().to_numpy(dtype=np.int64)
 
-    ts = np.asarray(frame[fs.timestamp_key], dtype=np.int64) if len(frame) else np.zeros(0, np.int64)
-    keep = ts >= late_cutoff(plan, now)
-    batch = event_batch(fs, frame[keep], codes[keep], offsets[keep])
-    levels = expire(plan, build_levels(plan, batch), now)
+    levels, late = fold_into_state(fs, None, frame, codes, offsets, now)
 
     metas = [{OFFSETS_META: {str(int(p)): int(o)}} for p, o in zip(group_part, top, strict=True)]
     blobs = codec.encode_all(levels, np.arange(len(groups)), metas)
@@ -103,7 +98,7 @@ def partition_states(
     ]
     max_offsets = pd.Series(offsets).groupby(source_part).max().astype(np.int64).to_dict()
     return PartitionStates(
-        states, len(events), int(keep.sum()), {int(p): int(o) for p, o in max_offsets.items()}
+        states, len(events), int(len(late) - late.sum()), {int(p): int(o) for p, o in max_offsets.items()}
     )
 
 

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from aggregations.codec import EntityStateCodec, StateMismatch
-from aggregations.compute import apply_transforms, event_batch
+from aggregations.compute import apply_transforms, fold_into_state
 from aggregations.definitions import FeatureSet
-from aggregations.kernel import build_levels, expire, late_cutoff, merge_levels
+from aggregations.kernel import late_cutoff
 from aggregations.naming import OFFSETS_META
 from aggregations.schema import DEFAULT_MAX_FUTURE, EventValidator, entity_keys
 
@@ -221,7 +221,7 @@ class BatchProcessor:
         dup = duplicate_mask(offsets, codes, applied)
         ts = np.asarray(frame[fs.timestamp_key], dtype=np.int64)
         cutoff = late_cutoff(self.plan, now_ms)
-        late = ~dup & (ts < cutoff)
+        state, late = fold_into_state(fs, stored, frame, codes, offsets, now_ms, skip=dup)
         keep = ~dup & ~late
         result.duplicates = int(dup.sum())
         result.applied = int(keep.sum())
@@ -231,9 +231,6 @@ class BatchProcessor:
             result.late.append(Envelope(r.key, envelope(reason, self.topic, r.partition, r.offset, r.value)))
         if result.applied:
             result.max_event_ts = int(ts[keep].max())
-            batch = event_batch(fs, frame[keep], codes[keep], offsets[keep])
-            stored = merge_levels(stored, build_levels(self.plan, batch))
-        state = expire(self.plan, stored, now_ms)
 
         # Every entity of the batch is written back, even when all its rows were late (its applied
         # offset moves on, so a replay does not publish them again) or duplicates: a replay happens
