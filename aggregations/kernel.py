@@ -60,11 +60,6 @@ class Levels:
 
     levels: dict[int, Level]
 
-    def take_codes(self, wanted: np.ndarray) -> Levels:
-        """Only the tiles of the given entity codes."""
-        return Levels(
-            {p: lv.take(np.flatnonzero(np.isin(lv.codes, wanted))) for p, lv in self.levels.items()}
-        )
 
 
 def _valid(values: np.ndarray) -> np.ndarray:
