@@ -61,7 +61,6 @@ class Levels:
     levels: dict[int, Level]
 
 
-
 def _valid(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "f":
         return ~np.isnan(values)
