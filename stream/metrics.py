@@ -3,9 +3,13 @@
 Counters per feature set: events consumed, applied, rejected (dead-lettered), late, duplicates skipped
 (replays after a restart), records whose Kafka key differs from the entity key; a histogram of batch
 processing time; gauges of the newest applied event time and of the broker time of the newest record.
+Set at scrape time (``refresh``): whether the worker is ready (tables recovered) and the consumer lag in
+records of each set's source partitions assigned to this worker.
 """
 
 from __future__ import annotations
+
+import logging
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +21,8 @@ from prometheus_client import (
 )
 
 from .processor import BatchResult
+
+log = logging.getLogger(__name__)
 
 BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -64,6 +70,32 @@ class WorkerMetrics:
             "featurestream_last_record_broker_timestamp_seconds",
             "Broker timestamp of the newest consumed record", label, registry=r,
         )
+
+        self.ready = Gauge(
+            "featurestream_ready", "1 once table recovery has finished (as /health), else 0", registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "featurestream_consumer_lag_records",
+            "Records of the source topic not yet consumed, over the partitions this worker owns", label, registry=r,
+        )
+
+    def refresh(self, app, topics, ready: bool) -> None:
+        """Scrape-time gauges: readiness, and consumer lag from Faust's consumer (highwater - next read)."""
+        self.ready.set(1 if ready else 0)
+        sets = {t.source: name for name, t in topics.items()}
+        lag = dict.fromkeys(sets.values(), 0)
+        try:
+            consumer = app.consumer
+            for tp in consumer.assignment():
+                name, read = sets.get(tp.topic), consumer._read_offset.get(tp)
+                highwater = consumer.highwater(tp) if name is not None else None
+                if highwater is not None:
+                    lag[name] += max(0, highwater - (read + 1 if read is not None else 0))
+        except Exception as exc:  # consumer not started or rebalancing: keep the last values
+            log.debug("consumer lag not available: %s", exc)
+            return
+        for name, value in lag.items():
+            self.consumer_lag.labels(name).set(value)
 
     def observe(self, feature_set: str, result: BatchResult, seconds: float, broker_ts_ms: int | None) -> None:
         self.consumed.labels(feature_set).inc(result.consumed)

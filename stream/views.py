@@ -10,6 +10,7 @@
   one batch; keys owned elsewhere are fetched one by one from their owner's GET view.
 * ``GET /health`` -> 200 once table recovery has finished, else 503.
 * ``GET /metrics`` -> Prometheus text exposition.
+* ``GET /sample/{name}`` -> the last rows served for a vector or set (``served_sample``; drift monitoring).
 
 The table key is the entity key's UTF-8 bytes (composite keys: parts joined by U+001F).
 """
@@ -37,6 +38,7 @@ from .reading import (
     request_columns,
     vector_entity_keys,
 )
+from .served_sample import ServedSample, register_sample_view
 
 
 @dataclass
@@ -63,6 +65,7 @@ def is_ready(app) -> bool:
 
 def register_views(app, ctx: ServingContext) -> None:
     """Add the featurestream routes to a Faust app (per-set routes before the catch-all)."""
+    register_sample_view(app, ctx.registry, ctx.extra.setdefault("served_sample", ServedSample()))
     for name in ctx.registry.feature_sets:
         _register_feature_set_view(app, ctx, name)
 
@@ -94,6 +97,7 @@ def register_views(app, ctx: ServingContext) -> None:
     @app.page("/metrics", name="featurestream-metrics")
     class Metrics(View):
         async def get(self, request):
+            ctx.metrics.refresh(app, ctx.extra.get("topics", {}), ready=is_ready(app))
             return self.bytes(ctx.metrics.render(), headers={"Content-Type": ctx.metrics.content_type})
 
 
@@ -112,6 +116,7 @@ def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:
                 return self.json({"error": str(exc)}, status=400)
             at = now_ms()
             (values,) = reader.read([table.get(entity.encode())], at, features, req)
+            ctx.extra["served_sample"].record("feature_set", set_name, [values])
             return self.json({"entity": entity, "at": at, "features": values})
 
     FeaturesOfEntity.__name__ = f"FeaturesOf_{set_name}"
@@ -159,6 +164,7 @@ async def _vector_response(app, ctx: ServingContext, view: View, request, vector
             out = results[i]["features"]
             for f in features:
                 out[names[(set_name, f)]] = values[i].get(f)
+    ctx.extra["served_sample"].record("vector", vector_name, [r["features"] for r in results])
     return {"at": at, "results": results}
 
 
