@@ -43,10 +43,12 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-# pytest exits 5 when it collected no tests: that is a failure here, not a pass.
+# pytest exits 5 when it collected no tests: that is a failure here, not a pass. Each test has its own
+# timeout (pyproject); the whole run is capped at 40 minutes so a hang can never eat CI's budget.
 test: venv kafka-fetch
 	$(MAKE) --no-print-directory lint
-	@rc=0; $(VENV)/bin/pytest -q tests || rc=$$?; \
+	@rc=0; timeout -s TERM 2400 $(VENV)/bin/pytest -q --durations=10 tests || rc=$$?; \
+	if [ $$rc -eq 124 ]; then echo "error: the test run exceeded 40 minutes" >&2; fi; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo:

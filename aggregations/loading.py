@@ -9,6 +9,26 @@ from pathlib import Path
 
 from .definitions import FeatureSet, FeatureVector, Registry
 
+FILE_MODULE_PREFIX = "featurestream_definitions_"
+
+
+def load_module_file(name: str, path: str):
+    """Execute a definitions file as module ``name`` (registered, so its objects pickle by reference)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def loaded_definition_files() -> dict[str, str]:
+    """Module name -> file of every definitions file loaded by path, for worker processes to load too."""
+    return {
+        name: module.__file__
+        for name, module in list(sys.modules.items())
+        if name.startswith(FILE_MODULE_PREFIX) and getattr(module, "__file__", None)
+    }
+
 
 def load_registry(target: str) -> Registry:
     """``target`` is a path to a .py file or a dotted module name; it must define a Registry or FeatureSets."""
@@ -16,11 +36,8 @@ def load_registry(target: str) -> Registry:
         path = Path(target)
         if not path.is_file():
             raise FileNotFoundError(f"definitions file {target!r} does not exist")
-        name = f"featurestream_definitions_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        name = f"{FILE_MODULE_PREFIX}{abs(hash(str(path.resolve())))}"
+        module = load_module_file(name, str(path))
     else:
         module = importlib.import_module(target)
     registries = [v for v in vars(module).values() if isinstance(v, Registry)]

@@ -260,7 +260,7 @@ class PartitionedEvents:
                 bounds = np.searchsorted(part, np.arange(partitions + 1))
                 for p in np.flatnonzero(wanted & (bounds[1:] > bounds[:-1])).tolist():
                     if p not in writers:
-                        writers[p] = pa.ipc.new_file(str(self._path(p)), self.schema)
+                        writers[p] = pa.ipc.new_file(str(self.path(p)), self.schema)
                     writers[p].write_batch(batch.slice(bounds[p], bounds[p + 1] - bounds[p]))
                     self.rows[p] += bounds[p + 1] - bounds[p]
         except BaseException:
@@ -270,7 +270,8 @@ class PartitionedEvents:
             for writer in writers.values():
                 writer.close()
 
-    def _path(self, p: int) -> Path:
+    def path(self, p: int) -> Path:
+        """Partition p's spill file (Arrow IPC; absent while the partition is empty)."""
         return self.dir / f"p{int(p)}.arrow"
 
     def table(self, p: int) -> pa.Table:
@@ -279,7 +280,7 @@ class PartitionedEvents:
             raise ValueError(f"partition {p} is not in 0..{self.partitions - 1}")
         if not self.rows[p]:
             return self.schema.empty_table()
-        return pa.ipc.open_file(pa.memory_map(str(self._path(p)))).read_all()
+        return pa.ipc.open_file(pa.memory_map(str(self.path(p)))).read_all()
 
     def frame(self, p: int) -> pd.DataFrame:
         """Partition p's events as ``read_events`` returns them."""

@@ -8,15 +8,16 @@ are ordered by arrival: ``(_arrival, _partition, _offset)``.
 Work is split by entity-hash partition (``dataset.entity_partitions``): one pass over the files that
 can hold the rows' time range splits their events into P partitions spilled to disk
 (``dataset.PartitionedEvents``); then each partition's events and rows are computed on their own, in
-process or in forked workers, and the results put back at the rows' original positions. Memory is
+process or in worker processes (``parallel``), and the results put back at the rows' original positions. Memory is
 bounded by one partition's events (per worker) plus the rows and the outputs.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,11 @@ from aggregations.schema import entity_keys, to_epoch_ms
 
 from .dataset import PartitionedEvents, count_events, entity_partitions
 from .known_at import known_at
+from .parallel import portable, run_partitions
+from .records import table_to_frame
 from .writer import write_parquet_atomic
+
+log = logging.getLogger(__name__)
 
 # Events per entity-hash partition when ``partitions`` is not given. Measured (benchmarks/offline.py,
 # 10M events, 1M rows, 18 features): ~1 GiB peak RSS at 1M events per partition, 2 GiB at 2.5M; and
@@ -94,7 +99,7 @@ def get_offline_features(
     or ``set.feature`` where two sets (or a row column) share a name. ``partitions``: entity-hash
     partitions (default: from the data size). ``as_known_at``: use only events that had arrived by
     each row's t. ``out``: also write the result to this Parquet file. ``progress``: a tqdm bar.
-    ``workers``: partitions computed in parallel by that many forked processes (default 1: in process).
+    ``workers``: partitions computed in parallel by that many worker processes (default 1: in process).
     """
     sets, vector = _resolve(vector, registry)
     by_set = vector.resolve(sets)
@@ -238,7 +243,7 @@ def _compute_set(task: _SetTask, rows, query_ts, store, as_known_at: bool, bar, 
 
 @dataclass
 class _Job:
-    """Everything one partition's computation needs (inherited by forked workers, never pickled)."""
+    """Everything one feature set's partitions need; each partition runs in process or as a _PartitionWork."""
 
     task: _SetTask
     split: PartitionedEvents
@@ -255,34 +260,60 @@ class _Job:
             self.task, events, self.task.keys[idx], self.query_ts[idx], self.as_known_at
         )
 
+    def work(self, p: int) -> _PartitionWork:
+        idx = self.rows_of(p)
+        path = str(self.split.path(p)) if self.split.rows[p] else None
+        # Only this partition's rows travel, not the task's arrays over all rows.
+        task = replace(
+            self.task, keys=np.zeros(0, dtype=object), partition_of_row=np.zeros(0, dtype=np.int64)
+        )
+        return _PartitionWork(
+            task, self.split.schema, path, self.task.keys[idx], self.query_ts[idx], self.as_known_at
+        )
 
-_FORKED_JOB: _Job | None = None
+
+@dataclass
+class _PartitionWork:
+    """One partition's work as it travels to a worker process: its spill file's path, not its events."""
+
+    task: _SetTask
+    schema: pa.Schema
+    events_path: str | None
+    keys: np.ndarray
+    ts: np.ndarray
+    as_known_at: bool
 
 
-def _forked(p: int):
-    assert _FORKED_JOB is not None
-    return _FORKED_JOB(p)
+def _compute_partition(work: _PartitionWork) -> dict[str, np.ndarray]:
+    """Runs in a worker process: read the partition's spilled events and compute its rows' features."""
+    table = (
+        pa.ipc.open_file(pa.memory_map(work.events_path)).read_all()
+        if work.events_path
+        else work.schema.empty_table()
+    )
+    events = table_to_frame(work.task.fs, table)
+    return _partition_features(work.task, events, work.keys, work.ts, work.as_known_at)
 
 
 def _run(job: _Job, partitions: list[int], workers: int):
-    """(partition, features) for each partition: in process, or in ``workers`` forked processes.
+    """(partition, features) for each partition: in process, or in ``workers`` worker processes.
 
-    Forked workers inherit the job (feature sets may hold lambdas, which cannot be pickled); each
-    handles one partition and exits, returning its memory; only the results travel back.
+    Worker processes need the feature set pickled; one that cannot be (a lambda transform) is computed
+    in process, with a warning.
     """
     if workers <= 1 or len(partitions) <= 1:
         yield from map(job, partitions)
         return
-    import multiprocessing
-
-    global _FORKED_JOB
-    _FORKED_JOB = job
-    try:
-        context = multiprocessing.get_context("fork")
-        with context.Pool(min(workers, len(partitions))) as pool:
-            yield from pool.imap_unordered(_forked, partitions)
-    finally:
-        _FORKED_JOB = None
+    if not portable(job.task.fs):
+        log.warning(
+            "feature set %r cannot be pickled (a lambda or a nested function?): computing it in one "
+            "process; define its functions at module level to use workers",
+            job.task.fs.name,
+        )
+        yield from map(job, partitions)
+        return
+    works = {p: job.work(p) for p in partitions}
+    yield from run_partitions(_compute_partition, works, workers, lambda p: job(p)[1])
 
 
 def _partition_features(task: _SetTask, events: pd.DataFrame, keys, ts, as_known_at: bool) -> dict:

@@ -21,15 +21,26 @@ from sinks.writer import write_batch
 from tests import oracle
 
 OPS = ["count", "sum", "avg", "min", "max", "first", "last", "var", "count_distinct"]
-PAY = FeatureSet(
-    "pay",
-    [Entity("user")],
-    "ts",
-    "pay",
-    {"user": "string", "ts": "timestamp", "amount": "float64"},
-    [Aggregation("amount", OPS, windows=["4s", "10s", "60s"], periods=["1s", "2s", "10s"])],
-    on_read=[OnRead("amount_ratio", lambda f: f["amount"] / f["amount_avg_10s"], inputs=["amount"])],
-)
+
+
+def amount_ratio(f):
+    """On-read feature at module level, so the set pickles (worker processes need that)."""
+    return f["amount"] / f["amount_avg_10s"]
+
+
+def pay_set(on_read_fn=amount_ratio) -> FeatureSet:
+    return FeatureSet(
+        "pay",
+        [Entity("user")],
+        "ts",
+        "pay",
+        {"user": "string", "ts": "timestamp", "amount": "float64"},
+        [Aggregation("amount", OPS, windows=["4s", "10s", "60s"], periods=["1s", "2s", "10s"])],
+        on_read=[OnRead("amount_ratio", on_read_fn, inputs=["amount"])],
+    )
+
+
+PAY = pay_set()
 SHOP = FeatureSet(
     "shop",
     [Entity("shop")],
@@ -359,12 +370,26 @@ def test_random_datasets_match_the_oracle(tmp_path_factory, evs, queries, known_
     check_against_oracle(PAY, result, rows, oracle_events(events, "user"), "user", known_at=known_at)
 
 
-def test_forked_workers_give_the_same_result(pay_store):
+def test_worker_processes_give_the_same_result(pay_store, caplog):
     store, events = pay_store
     rows = query_rows(np.random.default_rng(21), 200, ["a", "b", "c", "d"])
     rows["ts_ms"] = rows["ts"]
     vector = FeatureVector("all", ["pay.*"])
     alone = get_offline_features(vector, rows, store, registry=[PAY], partitions=4)
-    forked = get_offline_features(vector, rows, store, registry=[PAY], partitions=4, workers=2)
-    pd.testing.assert_frame_equal(alone, forked)
-    check_against_oracle(PAY, forked, rows, oracle_events(events, "user"), "user")
+    with caplog.at_level("WARNING"):
+        parallel = get_offline_features(vector, rows, store, registry=[PAY], partitions=4, workers=2)
+    assert not caplog.records, "the partitions should have run in worker processes, not fallen back"
+    pd.testing.assert_frame_equal(alone, parallel)
+    check_against_oracle(PAY, parallel, rows, oracle_events(events, "user"), "user")
+
+
+def test_a_set_that_cannot_be_pickled_is_computed_in_process_with_a_warning(pay_store, caplog):
+    store, _ = pay_store
+    rows = query_rows(np.random.default_rng(22), 50, ["a", "b"])
+    unpicklable = pay_set(lambda f: f["amount"] / f["amount_avg_10s"])
+    vector = FeatureVector("all", ["pay.*"])
+    alone = get_offline_features(vector, rows, store, registry=[unpicklable], partitions=4)
+    with caplog.at_level("WARNING"):
+        parallel = get_offline_features(vector, rows, store, registry=[unpicklable], partitions=4, workers=2)
+    assert any("cannot be pickled" in r.getMessage() for r in caplog.records)
+    pd.testing.assert_frame_equal(alone, parallel)
