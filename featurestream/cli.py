@@ -1,4 +1,4 @@
-"""The ``featurestream`` command: worker, sink, produce, training-set, get, preview, verify."""
+"""The ``featurestream`` command: worker, sink, produce, training-set, get, preview, describe, drift, verify."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     import sinks.cli
     import stream.cli
 
-    from . import preview_cmd, produce, verify
+    from . import describe_cmd, drift_cmd, preview_cmd, produce, verify
 
     parser = argparse.ArgumentParser(
         prog="featurestream",
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     sinks.cli.add_commands(sub, common)
     produce.add_command(sub, common)
     preview_cmd.add_command(sub, common)
+    describe_cmd.add_command(sub, common)
+    drift_cmd.add_command(sub, common)
     verify.add_command(sub, common)
     return parser
 

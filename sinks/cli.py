@@ -117,6 +117,11 @@ def add_maintenance_commands(subparsers, common) -> None:
     c.add_argument(
         "--min-files", type=int, default=2, help="merge at least this many files at a time (default 2)"
     )
+    c.add_argument(
+        "--no-statistics",
+        action="store_true",
+        help="skip writing <dataset>/_statistics.json (read by `featurestream describe SET`)",
+    )
     c.set_defaults(func=run_compact)
 
     b = subparsers.add_parser(
@@ -229,6 +234,11 @@ def run_compact(args) -> int:
             progress=True,
         )
         print(f"compact {fs.name}: {stats.summary()}")
+        if not args.no_statistics:
+            from .statistics import refresh_statistics, statistics_path
+
+            described = refresh_statistics(fs, args.data_dir)
+            print(f"statistics {fs.name}: {described['rows']} events -> {statistics_path(fs, args.data_dir)}")
     return 0
 
 
