@@ -3,6 +3,7 @@
 Counters per feature set: events consumed, applied, rejected (dead-lettered), late, duplicates skipped
 (replays after a restart), records whose Kafka key differs from the entity key; a histogram of batch
 processing time; gauges of the newest applied event time and of the broker time of the newest record.
+HTTP request time and count per route, method (and status) come from ``http_metrics``' middleware.
 Set at scrape time (``refresh``): whether the worker is ready (tables recovered) and the consumer lag in
 records of each set's source partitions assigned to this worker.
 """
@@ -24,6 +25,7 @@ from .processor import BatchResult
 
 log = logging.getLogger(__name__)
 
+HTTP_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -71,6 +73,13 @@ class WorkerMetrics:
             "Broker timestamp of the newest consumed record", label, registry=r,
         )
 
+        self.http_seconds = Histogram(
+            "featurestream_http_request_seconds", "Time to answer an HTTP request", ["route", "method"],
+            buckets=HTTP_SECONDS_BUCKETS, registry=r,
+        )
+        self.http_requests = Counter(
+            "featurestream_http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r,
+        )
         self.ready = Gauge(
             "featurestream_ready", "1 once table recovery has finished (as /health), else 0", registry=r,
         )
