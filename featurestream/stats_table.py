@@ -22,6 +22,11 @@ def number(value: Any) -> str:
     return f"{value:.4g}" if math.isfinite(value) else str(value)
 
 
+def short_time(value: Any) -> str:
+    """An ISO-8601 timestamp to seconds, without the UTC offset: ``2026-11-27 14:57:58``."""
+    return "" if not value else str(value).replace("T", " ")[:19]
+
+
 def sparkline(counts: list[int]) -> str:
     """One character per bin, height relative to the fullest bin; empty bins are blank."""
     top = max(counts, default=0)
@@ -34,6 +39,8 @@ def rows(statistics: dict[str, Any]) -> list[list[str]]:
     """One list of cells per feature, in ``COLUMNS`` order."""
     out = []
     for name, s in statistics["features"].items():
+        if s.get("type") == "timestamp":
+            s = {**s, "min": short_time(s.get("min")), "max": short_time(s.get("max"))}
         q = s.get("quantiles") or {}
         hist = s.get("histogram") or {}
         out.append(
@@ -69,7 +76,7 @@ def headline(statistics: dict[str, Any]) -> str:
     """``transactions: 20000 rows in 12 files, computed at ... (exact)``."""
     parts = [f"{statistics.get('feature_set') or statistics.get('file', 'statistics')}: {statistics['rows']} rows"]
     if "files" in statistics:
-        parts.append(f"in {statistics['files']} files")
+        parts.append(f"in {statistics['files']} files,")
     if "computed_at" in statistics:
         parts.append(f"computed {statistics['computed_at']}")
     exact = statistics.get("exact", True)
