@@ -214,7 +214,10 @@ def monitor(args, target: Target, reference: pd.DataFrame) -> int:
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, registry=metrics.registry)
+        try:
+            start_http_server(args.metrics_port, registry=metrics.registry)
+        except OSError as exc:
+            raise ValueError(f"cannot serve metrics on port {args.metrics_port}: {exc}; hint: pick a free --metrics-port") from None
         print(f"drift: metrics on http://0.0.0.0:{args.metrics_port}/metrics", file=sys.stderr)
     while True:
         started = time.monotonic()
