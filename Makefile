@@ -59,3 +59,4 @@ clean:
 		[ -e "$$pid" ] && $(KAFKA)/stop.sh --data-dir "$$(dirname "$$pid")" || true; \
 	done
 	rm -rf .run
+peers: ; benchmarks/peers/run.sh $(PEERS_ARGS)
