@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import pandas as pd
 
@@ -182,7 +183,7 @@ class FeatureSet:
         self._validate()
         self.plan = self._compile()
 
-    @property
+    @cached_property
     def entity_names(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.entities)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import sys
 from pathlib import Path
 
 from .definitions import FeatureSet, FeatureVector, Registry
 
 FILE_MODULE_PREFIX = "featurestream_definitions_"
+_LOADS = itertools.count()
 
 
 def load_module_file(name: str, path: str):
@@ -36,7 +38,9 @@ def load_registry(target: str) -> Registry:
         path = Path(target)
         if not path.is_file():
             raise FileNotFoundError(f"definitions file {target!r} does not exist")
-        name = f"{FILE_MODULE_PREFIX}{abs(hash(str(path.resolve())))}"
+        # A fresh module name per load: objects of an earlier load keep their own module, so they
+        # still pickle (by reference) after the file is loaded again.
+        name = f"{FILE_MODULE_PREFIX}{abs(hash(str(path.resolve())))}_{next(_LOADS)}"
         module = load_module_file(name, str(path))
     else:
         module = importlib.import_module(target)

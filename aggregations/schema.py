@@ -87,29 +87,33 @@ class EventValidator:
         self.feature_set = feature_set
         self.max_future_ms = parse_duration(max_future)
         self.columns = list(feature_set.schema)
+        # Resolved once: validate runs per event on the worker's hot path.
+        self._checks = [(column, feature_set.schema[column]) for column in self.columns]
+        self._floats = [c for c, dtype in self._checks if dtype == "float64"]
+        self._entities = feature_set.entity_names
+        self._ts_key = feature_set.timestamp_key
 
     def validate(self, obj, now_ms: int) -> dict:
         """One decoded JSON value -> a typed row dict; raises InvalidValue with the reason."""
-        fs = self.feature_set
         if not isinstance(obj, dict):
             raise InvalidValue(f"event must be a JSON object, got {type(obj).__name__}")
-        row = {}
-        for column in self.columns:
-            row[column] = _check(fs.schema[column], column, obj.get(column))
-        for entity in fs.entity_names:
+        get = obj.get
+        row = {column: _check(dtype, column, get(column)) for column, dtype in self._checks}
+        for entity in self._entities:
             key = row.get(entity)
             if key is None or key == "":
                 raise InvalidValue(f"missing entity key {entity!r}")
-        ts = row.get(fs.timestamp_key)
+        ts = row.get(self._ts_key)
         if ts is None:
-            raise InvalidValue(f"missing timestamp {fs.timestamp_key!r}")
+            raise InvalidValue(f"missing timestamp {self._ts_key!r}")
         if ts < 0:
             raise InvalidValue(f"timestamp {ts} is before 1970")
         if ts > now_ms + self.max_future_ms:
             raise InvalidValue(f"timestamp {ts} is more than {self.max_future_ms} ms in the future")
-        for column, dtype in fs.schema.items():
-            if dtype == "float64" and row[column] is not None and not math.isfinite(row[column]):
-                raise InvalidValue(f"{column} must be finite, got {row[column]!r}")
+        for column in self._floats:
+            value = row[column]
+            if value is not None and not math.isfinite(value):
+                raise InvalidValue(f"{column} must be finite, got {value!r}")
         return row
 
     def decode(

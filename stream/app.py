@@ -15,31 +15,20 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import faust
-from faust.transport.producer import ProducerBuffer
 
 from aggregations.definitions import Registry
 from aggregations.naming import DEFAULT_APP_ID, table_name
 from aggregations.schema import DEFAULT_MAX_FUTURE
 
 from . import faust_fixes
-from .agent import DEFAULT_BATCH_MAX, DEFAULT_BATCH_WITHIN_S, FeatureSetAgent
+from .agent import DEFAULT_BATCH_MAX, FeatureSetAgent
 from .metrics import WorkerMetrics
 from .reading import FeatureReader
 from .topics import DEFAULT_PARTITIONS, SetTopics, bootstrap_servers, resolve_topics
 from .views import ServingContext, register_views
 
 ROCKSDB_OPTIONS = {"driver": "rocksdict"}
-
-
-def size_producer_buffer(max_messages: int) -> None:
-    """Let Faust's changelog buffer hold a whole micro-batch of table writes.
-
-    Faust stalls the stream whenever more than ``ProducerBuffer.max_messages`` (100) changelog records
-    are pending and then drains them one by one; a batch writes up to one record per entity, so at the
-    default every batch stalled (freshness p99 2.2 s in benchmarks/online.py; 0.6 s with room for two
-    batches). The attribute is class-level in faust-streaming 0.15.3, so this applies process-wide.
-    """
-    ProducerBuffer.max_messages = max(ProducerBuffer.max_messages, int(max_messages))
+PRODUCER_BATCH_BYTES = 512 * 1024  # under the broker's default 1 MiB message.max.bytes
 
 
 def default_worker_id() -> str:
@@ -62,7 +51,6 @@ def create_app(
     web_bind: str | None = None,
     canonical_url: str | None = None,
     batch_max: int = DEFAULT_BATCH_MAX,
-    batch_within_s: float = DEFAULT_BATCH_WITHIN_S,
     standby_replicas: int = 1,
     session_timeout_s: float = 45.0,
 ) -> faust.App:
@@ -83,7 +71,6 @@ def create_app(
     worker_id = worker_id or default_worker_id()
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     first = topics[sets[0].name]
-    size_producer_buffer(2 * batch_max)
     app = faust.App(
         app_id,
         broker=[f"kafka://{server}" for server in bootstrap_servers(broker)],
@@ -103,6 +90,9 @@ def create_app(
         broker_session_timeout=session_timeout_s,
         broker_heartbeat_interval=max(1.0, session_timeout_s / 10),
         autodiscover=False,
+        # A batch's table writes are all handed to the producer before any is awaited (TableWriter):
+        # large produce batches carry them (a state blob is 4-8 KB; the default batch is 16 KB).
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
     )
     metrics = WorkerMetrics()
     tables, readers, agents = {}, {}, {}
@@ -112,7 +102,9 @@ def create_app(
             t.source, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
         side = {
-            name: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+            name: app.topic(
+                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            )
             for name in (t.dlq, t.late)
         }
         table = app.Table(
@@ -127,10 +119,19 @@ def create_app(
         tables[fs.name] = table
         readers[fs.name] = FeatureReader(fs)
         agents[fs.name] = FeatureSetAgent(
-            app, fs, source, table, side[t.dlq], side[t.late], metrics, max_future,
-            batch_max=batch_max, batch_within_s=batch_within_s,
+            app,
+            fs,
+            source,
+            table,
+            side[t.dlq],
+            side[t.late],
+            metrics,
+            max_future,
+            batch_max=batch_max,
         )
-    ctx = ServingContext(registry, tables, readers, metrics, worker_id, extra={"agents": agents, "topics": topics})
+    ctx = ServingContext(
+        registry, tables, readers, metrics, worker_id, extra={"agents": agents, "topics": topics}
+    )
     register_views(app, ctx)
     app.featurestream = ctx
     return app

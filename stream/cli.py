@@ -30,36 +30,73 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
         "changelog) and serve GET /features/{set}/{entity}, POST /vectors/{vector}, /health and /metrics.",
         epilog="example: featurestream worker --broker 127.0.0.1:9092 --state-dir .run/state --web-port 6066",
     )
-    w.add_argument("--state-dir", default=_env("STATE_DIR", ".run/state"),
-                   help="RocksDB state directory (env FEATURESTREAM_STATE_DIR; default .run/state)")
-    w.add_argument("--web-port", type=int, default=int(_env("WEB_PORT", "6066")),
-                   help="HTTP port (env FEATURESTREAM_WEB_PORT; default 6066)")
-    w.add_argument("--web-host", default=_env("WEB_HOST", "127.0.0.1"),
-                   help="host name other workers use to reach this one (env FEATURESTREAM_WEB_HOST; "
-                   "default 127.0.0.1)")
-    w.add_argument("--web-bind", default=_env("WEB_BIND", "") or None,
-                   help="interface to bind (env FEATURESTREAM_WEB_BIND; default: --web-host)")
-    w.add_argument("--worker-id", default=_env("WORKER_ID", "") or None,
-                   help="name of this worker in logs, client ids and /health (default host-pid)")
-    w.add_argument("--app-id", default=_env("APP_ID", "featurestream"),
-                   help="Faust app id = consumer group and changelog prefix, shared by all workers "
-                   "(env FEATURESTREAM_APP_ID; default featurestream)")
-    w.add_argument("--topic-prefix", default=_env("TOPIC_PREFIX", ""),
-                   help="prefix of source topic names: topic = PREFIX + FeatureSet.source "
-                   "(env FEATURESTREAM_TOPIC_PREFIX; default none)")
-    w.add_argument("--partitions", type=int, default=int(_env("PARTITIONS", str(DEFAULT_PARTITIONS))),
-                   help=f"partitions of source topics created when missing (default {DEFAULT_PARTITIONS})")
-    w.add_argument("--max-future", default=_env("MAX_FUTURE", DEFAULT_MAX_FUTURE),
-                   help="events further than this in the future are dead-lettered (default 1h)")
-    w.add_argument("--batch-max", type=int, default=int(_env("BATCH_MAX", "5000")),
-                   help="most events per micro-batch (default 5000)")
-    w.add_argument("--batch-within", type=float, default=float(_env("BATCH_WITHIN", "0.5")),
-                   help="seconds to wait filling a micro-batch: freshness vs throughput (default 0.5)")
-    w.add_argument("--session-timeout", type=float, default=float(_env("SESSION_TIMEOUT", "45")),
-                   help="seconds before the group gives a silently dead worker's partitions to others; a "
-                   "killed worker's restart also waits this long (env FEATURESTREAM_SESSION_TIMEOUT; default 45)")
-    w.add_argument("--loglevel", default=_env("LOGLEVEL", "WARNING"),
-                   help="log level (env FEATURESTREAM_LOGLEVEL; default WARNING)")
+    w.add_argument(
+        "--state-dir",
+        default=_env("STATE_DIR", ".run/state"),
+        help="RocksDB state directory (env FEATURESTREAM_STATE_DIR; default .run/state)",
+    )
+    w.add_argument(
+        "--web-port",
+        type=int,
+        default=int(_env("WEB_PORT", "6066")),
+        help="HTTP port (env FEATURESTREAM_WEB_PORT; default 6066)",
+    )
+    w.add_argument(
+        "--web-host",
+        default=_env("WEB_HOST", "127.0.0.1"),
+        help="host name other workers use to reach this one (env FEATURESTREAM_WEB_HOST; default 127.0.0.1)",
+    )
+    w.add_argument(
+        "--web-bind",
+        default=_env("WEB_BIND", "") or None,
+        help="interface to bind (env FEATURESTREAM_WEB_BIND; default: --web-host)",
+    )
+    w.add_argument(
+        "--worker-id",
+        default=_env("WORKER_ID", "") or None,
+        help="name of this worker in logs, client ids and /health (default host-pid)",
+    )
+    w.add_argument(
+        "--app-id",
+        default=_env("APP_ID", "featurestream"),
+        help="Faust app id = consumer group and changelog prefix, shared by all workers "
+        "(env FEATURESTREAM_APP_ID; default featurestream)",
+    )
+    w.add_argument(
+        "--topic-prefix",
+        default=_env("TOPIC_PREFIX", ""),
+        help="prefix of source topic names: topic = PREFIX + FeatureSet.source "
+        "(env FEATURESTREAM_TOPIC_PREFIX; default none)",
+    )
+    w.add_argument(
+        "--partitions",
+        type=int,
+        default=int(_env("PARTITIONS", str(DEFAULT_PARTITIONS))),
+        help=f"partitions of source topics created when missing (default {DEFAULT_PARTITIONS})",
+    )
+    w.add_argument(
+        "--max-future",
+        default=_env("MAX_FUTURE", DEFAULT_MAX_FUTURE),
+        help="events further than this in the future are dead-lettered (default 1h)",
+    )
+    w.add_argument(
+        "--batch-max",
+        type=int,
+        default=int(_env("BATCH_MAX", "5000")),
+        help="most events per micro-batch; a batch is what one fetch returned, up to this (default 5000)",
+    )
+    w.add_argument(
+        "--session-timeout",
+        type=float,
+        default=float(_env("SESSION_TIMEOUT", "45")),
+        help="seconds before the group gives a silently dead worker's partitions to others; a "
+        "killed worker's restart also waits this long (env FEATURESTREAM_SESSION_TIMEOUT; default 45)",
+    )
+    w.add_argument(
+        "--loglevel",
+        default=_env("LOGLEVEL", "WARNING"),
+        help="log level (env FEATURESTREAM_LOGLEVEL; default WARNING)",
+    )
     w.set_defaults(func=run_worker)
 
     g = subparsers.add_parser(
@@ -70,8 +107,11 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     )
     g.add_argument("feature_set", metavar="SET", help="feature set name, e.g. transactions")
     g.add_argument("entity", metavar="ENTITY", help="entity key, e.g. a user id")
-    g.add_argument("--url", default=_env("URL", "http://127.0.0.1:6066"),
-                   help="worker base URL (env FEATURESTREAM_URL; default http://127.0.0.1:6066)")
+    g.add_argument(
+        "--url",
+        default=_env("URL", "http://127.0.0.1:6066"),
+        help="worker base URL (env FEATURESTREAM_URL; default http://127.0.0.1:6066)",
+    )
     g.add_argument("--features", default=None, help="comma-separated feature names (default: all)")
     g.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     g.set_defaults(func=run_get)
@@ -100,7 +140,6 @@ def run_worker(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         web_bind=args.web_bind,
         batch_max=args.batch_max,
-        batch_within_s=args.batch_within,
         session_timeout_s=args.session_timeout,
     )
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -44,19 +45,26 @@ class StateLoadError(RuntimeError):
     """Reading state failed: an infrastructure fault, not bad input. The worker must not go on."""
 
 
-@dataclass(frozen=True)
-class SourceRecord:
-    """One Kafka record of the source topic, as the agent saw it."""
+class SourceLike(Protocol):
+    """What the processor reads of a source record: a Faust message as the worker passes it."""
 
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp_ms: int | None = None  # broker (or producer) timestamp
 
 
 @dataclass(frozen=True)
-class StateWrite:
+class SourceRecord:
+    """One Kafka record of the source topic, built by hand (tests, tools); a SourceLike."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class StateWrite(NamedTuple):
     """New state of one entity: table key (entity key bytes) in its source partition."""
 
     partition: int
@@ -160,7 +168,7 @@ class BatchProcessor:
         self.validator = EventValidator(feature_set, max_future)
         self.codec = EntityStateCodec(feature_set)
 
-    def process(self, records: Sequence[SourceRecord], now_ms: int, load: StateLoader) -> BatchResult:
+    def process(self, records: Sequence[SourceLike], now_ms: int, load: StateLoader) -> BatchResult:
         """Process a batch; an unexpected failure is isolated to the records that cause it.
 
         Only ``StateLoadError`` (the store failed) escapes: bad input is dead-lettered instead.
@@ -194,10 +202,12 @@ class BatchProcessor:
         result.writes = [StateWrite(p, k, v) for (p, k), v in overlay.items()]
         return result
 
-    def _dead(self, record: SourceRecord, reason: str) -> Envelope:
-        return Envelope(record.key, envelope(reason, self.topic, record.partition, record.offset, record.value))
+    def _dead(self, record: SourceLike, reason: str) -> Envelope:
+        return Envelope(
+            record.key, envelope(reason, self.topic, record.partition, record.offset, record.value)
+        )
 
-    def _process(self, records: Sequence[SourceRecord], now_ms: int, load: StateLoader) -> BatchResult:
+    def _process(self, records: Sequence[SourceLike], now_ms: int, load: StateLoader) -> BatchResult:
         fs = self.feature_set
         result = BatchResult(consumed=len(records))
         rows, positions, rejects = self.validator.decode([r.value for r in records], now_ms)
@@ -240,12 +250,12 @@ class BatchProcessor:
         # wiped state dir restores from - catches up with the local store instead of lagging forever.
         write_codes = np.arange(len(groups.keys))
         if len(write_codes):
-            top = updated_offsets(applied, codes, offsets)
-            new_metas = [with_offset(metas[c], groups.partitions[c], top[c]) for c in write_codes]
+            top = updated_offsets(applied, codes, offsets).tolist()
+            parts = groups.partitions.tolist()
+            new_metas = [with_offset(metas[c], parts[c], top[c]) for c in range(len(parts))]
             blobs = self.codec.encode_all(state, write_codes, new_metas)
             result.writes = [
-                StateWrite(int(groups.partitions[c]), groups.keys[c], blob)
-                for c, blob in zip(write_codes, blobs, strict=True)
+                StateWrite(part, key, blob) for part, key, blob in zip(parts, groups.keys, blobs, strict=True)
             ]
         return result
 

@@ -1,12 +1,10 @@
-"""The Faust glue of the agent, without a broker: record extraction and the current-event context."""
+"""The Faust glue of the agent, without a broker: record extraction from Faust messages."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from faust.streams import current_event
-
-from stream.agent import acting_as, source_records
+from stream.agent import newest_broker_ms
 
 
 class FakeEvent:
@@ -21,20 +19,10 @@ def fake_event(partition: int, offset: int, key: bytes | None, value: bytes | No
     return FakeEvent(message)
 
 
-def test_source_records_keep_raw_bytes_partition_offset_and_broker_time_in_ms():
-    records = source_records([fake_event(2, 41, b"u1", b"{}", 1_800_000_000.123), fake_event(0, 7, None, None, None)])
-    assert [(r.partition, r.offset, r.key, r.value, r.timestamp_ms) for r in records] == [
-        (2, 41, b"u1", b"{}", 1_800_000_000_123),
-        (0, 7, None, None, None),
+def test_newest_broker_time_in_ms_ignores_messages_without_one():
+    messages = [
+        fake_event(2, 41, b"u1", b"{}", 1_800_000_000.123).message,
+        fake_event(0, 7, None, None, None).message,
     ]
-
-
-def test_acting_as_sets_and_restores_fausts_current_event():
-    outer, inner = fake_event(0, 1, None, None, None), fake_event(3, 2, None, None, None)
-    assert current_event() is None
-    with acting_as(outer):
-        assert current_event() is outer
-        with acting_as(inner):
-            assert current_event().message.partition == 3
-        assert current_event() is outer
-    assert current_event() is None
+    assert newest_broker_ms(messages) == 1_800_000_000_123
+    assert newest_broker_ms([fake_event(0, 7, None, None, None).message]) is None
