@@ -227,47 +227,48 @@ class Services:
 # -- 1. ingest ---------------------------------------------------------------------------------------
 
 
+WORKLOADS = {  # name -> (our definitions file, description)
+    "full": (onl.DEFINITIONS, "windows 1h/1d/90d x count/sum/avg/min/max/last (18 features)"),
+    "light": (HERE / "light_features.py", "one 1h window x count/sum/avg (3 features)"),
+}
+
+
 def ingest(args, broker: str, work: Path, events: pd.DataFrame, results: dict):
     onl._free_ports = lambda n: [WORKER_PORT + i for i in range(n)]  # our HTTP port range, not a random one
-    ours, quix = [], []
+    onl.POLL_S = 0.02  # /metrics polls: ours takes ~1 s for these sizes, 0.1 s would be too coarse
+    out = {w: {"ours": [], "quix": []} for w in WORKLOADS}
     for rep in range(args.reps):
-        prefix = f"peers{rep}-{int(time.time())}-"
-        topic = f"{prefix}transactions"
-        onl.prefill(broker, topic, events, 4)
-        for side in ["ours", "quix"] if rep % 2 == 0 else ["quix", "ours"]:
-            if side == "ours":
-                worker = onl.Worker(broker, prefix, str(work / f"state{rep}"), str(work / f"worker{rep}.log"))
-                try:
-                    m = onl.measure_ingest(worker, len(events))
-                finally:
-                    worker.stop()  # not left idling while the peer runs
-                ours.append(m["rate"])
+        for workload, (definitions, _) in WORKLOADS.items():
+            prefix = f"peers{rep}{workload}-{int(time.time())}-"
+            topic = f"{prefix}transactions"
+            onl.prefill(broker, topic, events, 4)
+            for side in ["ours", "quix"] if rep % 2 == 0 else ["quix", "ours"]:
+                if side == "ours":
+                    onl.DEFINITIONS = definitions  # read by Worker() for --definitions
+                    worker = onl.Worker(
+                        broker, prefix, str(work / f"state-{prefix}"), str(work / f"{prefix}.log")
+                    )
+                    try:
+                        m = onl.measure_ingest(worker, len(events))
+                    finally:
+                        worker.stop()  # not left idling while the peer runs
+                    rate, seconds, cpu = m["rate"], m["seconds"], m["cpu_share"]
+                else:
+                    cmd = [peer_python("quixstreams"), str(HERE / "peer_quix.py"), broker, topic, str(len(events)),
+                           str(work / f"quix-{prefix}"), workload]  # fmt: skip
+                    r = run_json(cmd, timeout=1800)
+                    results["versions"]["quixstreams"] = r["version"]
+                    rate, seconds, cpu = r["rate"], r["seconds"], r["cpu_share"]
+                out[workload][side].append(rate)
                 log(
-                    f"ingest rep {rep + 1}: ours {m['rate']:,.0f} events/s ({m['seconds']:.1f}s, "
-                    f"CPU {m['cpu_share']:.0%} of a core)"
+                    f"ingest rep {rep + 1} ({workload}): {side} {rate:,.0f} events/s ({seconds:.1f}s, CPU {cpu:.0%} of a core)"
                 )
-            else:
-                r = run_json(
-                    [
-                        peer_python("quixstreams"),
-                        str(HERE / "peer_quix.py"),
-                        broker,
-                        topic,
-                        str(len(events)),
-                        str(work / f"quix{rep}"),
-                    ],
-                    timeout=1800,
-                )
-                quix.append(r["rate"])
-                results["versions"]["quixstreams"] = r["version"]
-                log(
-                    f"ingest rep {rep + 1}: quix {r['rate']:,.0f} events/s ({r['seconds']:.1f}s, "
-                    f"CPU {r['cpu_share']:.0%} of a core)"
-                )
-    results["ingest"] = {"ours": ours, "quix": quix}
-    # a fresh worker on the last topic serves the online reads, once it has consumed every event
-    onl.prefill(broker, f"{prefix}rtransactions", events, 4)
-    worker = onl.Worker(broker, prefix + "r", str(work / "state-reads"), str(work / "worker-reads.log"))
+    onl.DEFINITIONS = WORKLOADS["full"][0]
+    results["ingest"] = out
+    # a fresh worker (full feature set) serves the online reads, once it has consumed every event
+    prefix = f"peersreads-{int(time.time())}-"
+    onl.prefill(broker, f"{prefix}transactions", events, 4)
+    worker = onl.Worker(broker, prefix, str(work / "state-reads"), str(work / "worker-reads.log"))
     onl.measure_ingest(worker, len(events))
     onl.wait_healthy(worker)
     return worker
@@ -507,6 +508,7 @@ def compare_last(work: Path, data: dict) -> dict:
         allow_exact_matches=True,
     ).sort_values("row")
     at_t = (incl["et"] == incl["t"]).to_numpy()
+    no_event = ~(incl["et"] >= incl["t"] - 7 * DAY_MS).to_numpy()  # nothing in Feast's [t - 7d, t]
     null_latest = (incl["et"] >= incl["t"] - 7 * DAY_MS).to_numpy() & incl["amount"].isna().to_numpy()
     # (c) the latest non-null event before t is older than t-7d but inside our tile-aligned tail
     nn = ev.dropna(subset=["amount"]).sort_values("ts").rename(columns={"ts": "et"})
@@ -522,6 +524,8 @@ def compare_last(work: Path, data: dict) -> dict:
         "rows": len(queries),
         "returned_by_feast": int(returned.sum()),
         "duplicate_query_rows": int(queries.duplicated(["user_id", "ts"]).sum()),
+        "dropped_no_event_in_ttl": int((~returned & no_event).sum()),
+        "dropped_other": int((~returned & ~no_event).sum()),
         "match_share": float(same[returned].mean()),
         "differ": int(cmp.sum()),
         "differ_event_at_t": int((cmp & at_t).sum()),
@@ -642,11 +646,11 @@ def better(x: float, good: str, bad: str) -> str:
 
 def table(args, results: dict) -> str:
     rows = []
-    if "ingest" in results:
-        o, q = med(results["ingest"]["ours"]), med(results["ingest"]["quix"])
+    for workload, (_, what) in WORKLOADS.items() if "ingest" in results else ():
+        o, q = med(results["ingest"][workload]["ours"]), med(results["ingest"][workload]["quix"])
         rows.append(
             (
-                f"Ingest from a pre-filled topic ({args.ingest_events:,} events, 3 windows x 6 ops), events/s",
+                f"Ingest from a pre-filled Kafka topic, {what}, events/s",
                 f"{o:,.0f}",
                 f"Quix Streams {q:,.0f}",
                 better(o / q, "faster", "slower"),
@@ -690,7 +694,8 @@ def table(args, results: dict) -> str:
             (
                 "Offline values: query rows answered; of Feast's answers, share equal to ours",
                 f"{v['rows']:,} of {v['rows']:,}",
-                f"{v['returned_by_feast']:,} of {v['rows']:,} ({v['duplicate_query_rows']} query rows are duplicates)",
+                f"{v['returned_by_feast']:,} of {v['rows']:,} (dropped: {v['dropped_no_event_in_ttl']:,} rows with no event "
+                f"in 7d, {v['dropped_other']:,} others; {v['duplicate_query_rows']:,} rows repeat a (user, ts) pair)",
                 f"{v['match_share']:.2%} equal",
                 "",
                 "",
@@ -784,15 +789,60 @@ def markdown(args, results: dict, tbl: str, started: float) -> str:
         "- **Offline vs Feast**: Feast's window is `[t - 7d, t]` (an event at the query's own timestamp counts: "
         "label leakage) and it returns the latest row even when its amount is null; ours is "
         "`[floor((t - 7d) / 1h) * 1h, t)` and skips nulls. Feast returns one row per distinct "
-        "(user_id, timestamp) query pair, so duplicated query rows are dropped.",
+        "(user_id, timestamp) query pair, so duplicated query rows are dropped, and it drops the rows for which no "
+        "event lies within the ttl instead of answering null (ours answers every row, null where the window is "
+        "empty). Values are compared on the rows Feast answered.",
         "- **storey**: a sliding window with period P read at an event covers the buckets "
         "`[floor(T/P)*P - W + P, floor(T/P)*P + P)`: the event itself counts and the tail is cut at a bucket boundary "
         "inside W (it covers between W - P and W), where ours covers at least W. Ours is compared at (user, last ts + 1 ms).",
         "- **pandas**: `groupby(user).rolling(W, closed='left')` over exact `[t - W, t)`; on tile-aligned rows "
         "(midnight) both must agree, elsewhere it differs from the contract by design.",
     ]
-    if "notes" in results:
-        out += ["", *results["notes"]]
+    out += ["", "Details (each repetition):", ""]
+    for workload, sides in results.get("ingest", {}).items():
+        out.append(
+            f"- ingest, {workload}: "
+            + "; ".join(
+                f"{side} " + ", ".join(f"{x:,.0f}" for x in xs) + " events/s" for side, xs in sides.items()
+            )
+        )
+    for side, by_clients in results.get("reads", {}).items():
+        for clients, ms in by_clients.items():
+            out.append(
+                f"- reads, {side}, {clients} client(s): p50/p99 "
+                + ", ".join(f"{m['p50']:.2f}/{m['p99']:.2f} ms" for m in ms)
+            )
+    if "offline_feast" in results:
+        r = results["offline_feast"]
+        v = r["values"]
+        out.append(
+            "- offline vs Feast: ours "
+            + ", ".join(f"{x['seconds']:.2f}s" for x in r["ours"])
+            + "; Feast "
+            + ", ".join(f"{x['seconds']:.2f}s" for x in r["feast"])
+            + f". Of {v['returned_by_feast']:,} rows "
+            f"answered by both, {v['differ']:,} differ: {v['differ_event_at_t']:,} with an event at t, "
+            f"{v['differ_null_latest']:,} whose latest event has a null amount, {v['differ_tile_tail']:,} "
+            f"whose only event is in our tile-aligned tail, {v['differ_unexplained']:,} otherwise"
+        )
+    if "storey" in results:
+        r = results["storey"]
+        out.append(
+            "- in memory: ours "
+            + ", ".join(f"{x:,.0f}" for x in r["ours"])
+            + "; storey "
+            + ", ".join(f"{x:,.0f}" for x in r["storey"])
+            + " events/s"
+        )
+    if "pandas" in results:
+        r = results["pandas"]
+        out.append(
+            "- offline vs pandas: ours "
+            + ", ".join(f"{x['wall_s']:.2f}s" for x in r["ours"])
+            + "; pandas "
+            + ", ".join(f"{x['wall_s']:.2f}s" for x in r["pandas"])
+            + f"; check {json.dumps(r['check'])}"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -805,8 +855,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repetition")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--ingest-events", type=int, default=40_000)
-    p.add_argument("--ingest-users", type=int, default=20_000)
+    p.add_argument("--ingest-events", type=int, default=30_000)
+    p.add_argument("--ingest-users", type=int, default=15_000)
     p.add_argument("--reads-1", type=int, default=2_000)
     p.add_argument("--reads-32", type=int, default=8_000)
     p.add_argument("--warmup", type=int, default=200)
