@@ -77,7 +77,8 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
     unset_flag = self.diag.unset_flag
     commit_every = self._commit_every
     acks_enabled_for = app.topics.acks_enabled_for
-    track_message = self.track_message
+    # Consumer.track_message minus its sensor callbacks (Faust's monitor, unused here): pending ack.
+    add_unacked = self._unacked_messages.add
     wait_until_producer_ebb = app.producer.buffer.wait_until_ebb
     yield_every = 100
     num_since_yield = 0
@@ -108,7 +109,7 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
                         batch = batches[tp.topic] = []
                     if batch is not None:
                         message.tracked = True
-                        track_message(message)
+                        add_unacked(message)
                         batch.append(message)
                     else:
                         num_since_yield += 1

@@ -146,11 +146,26 @@ def run_worker(args: argparse.Namespace) -> int:
     # Faust's startup spinner sets the *root* logger to DEBUG (so it can spin on every record) and never
     # restores it: every aiokafka debug call then builds a LogRecord, about a tenth of the ingest time.
     worker.spinner = None
+    tune_gc()
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
+
+
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Collect cycles less often: a batch allocates a few objects per event, and at Python's default
+    (a collection every 700 allocations) the collector took a quarter of the processor's time
+    (processor alone: ~45k vs ~58k events/s). Objects alive at startup are frozen out of collection."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def run_get(args: argparse.Namespace) -> int:

@@ -150,12 +150,13 @@ def updated_offsets(applied: np.ndarray, codes: np.ndarray, offsets: np.ndarray)
 
 
 def with_offset(meta: dict, partition: int, offset: int) -> dict:
-    """A copy of an entity's meta with its applied offset for ``partition`` set."""
-    new = {k: v for k, v in meta.items() if k != "fp"}
-    offsets = dict(new.get(OFFSETS) or {})
-    offsets[str(int(partition))] = int(offset)
-    new[OFFSETS] = offsets
-    return new
+    """The entity's meta (changed in place: it was decoded for this batch) with ``partition``'s applied offset."""
+    meta.pop("fp", None)
+    offsets = meta.get(OFFSETS)
+    if offsets is None:
+        offsets = meta[OFFSETS] = {}
+    offsets[str(partition)] = offset
+    return meta
 
 
 class BatchProcessor:
