@@ -5,12 +5,15 @@ offline dataset compared exactly with the oracle over the whole stream."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
 
 import pytest
 
 from .harness import (
     LONG,
+    REPO_ROOT,
     Feeder,
     Producer,
     Sink,
@@ -80,6 +83,14 @@ def test_worker_and_sink_kill_9_repeatedly_then_empty_state_dir(kafka_bootstrap,
         fault_table.add(f"sink kill -9 x{KILLS} (dataset exactly once)", len(valid), offline,
                         time.monotonic() - started)  # fmt: skip
         assert (offline.lost, offline.duplicated, offline.mismatched) == (0, 0, 0), offline.examples
+        # And featurestream verify, the operator's check, agrees after all the kills.
+        done = subprocess.run(
+            [sys.executable, "-m", "featurestream.cli", "verify", "--broker", kafka_bootstrap, "--data-dir",
+             str(tmp_path / "data"), "--url", worker.url, "--app-id", app_id, "--topic-prefix", prefix,
+             "--sink-group", group, "--max-entities", "50", "--wait-caught-up", "90"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
 
         # A worker on an empty state dir (same group) recovers its table from the changelog.
         started = time.monotonic()
