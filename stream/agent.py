@@ -28,8 +28,10 @@ from aggregations.definitions import FeatureSet
 
 from . import batch_drain
 from .metrics import WorkerMetrics
-from .processor import BatchProcessor, BatchResult
+from .partitioning import entity_partition
+from .processor import BatchProcessor, BatchResult, SourceRecord, forwarded_slot
 from .table_writer import TableWriter
+from .topics import SetTopics
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +44,53 @@ def newest_broker_ms(messages: Sequence) -> int | None:
     return None if newest is None else int(newest * 1000)
 
 
+ORIGIN_HEADER = "featurestream-origin"
+
+
+def origin_header(partition: int, offset: int) -> tuple[str, bytes]:
+    """The header a forwarded event carries: its source partition and offset."""
+    return ORIGIN_HEADER, f"{partition}:{offset}".encode()
+
+
+def origin_of(message) -> tuple[int, int] | None:
+    """(source partition, offset) from a forwarded message's header, or None if it has none."""
+    for name, value in message.headers or ():
+        if name == ORIGIN_HEADER:
+            try:
+                partition, offset = value.decode().split(":")
+                return int(partition), int(offset)
+            except (ValueError, UnicodeDecodeError):
+                return None
+    return None
+
+
+def forwarded_groups(messages: Sequence) -> list[tuple[str, list[SourceRecord]]]:
+    """Messages of the ``.by-entity`` topic as records per dedupe slot, in order of first appearance.
+
+    A forwarded event's offset is its origin offset, deduplicated in its origin partition's slot, so
+    a forward repeated after a crash is skipped. A record without the header (produced there by
+    hand) keeps its own offset, in a slot of its own partition.
+    """
+    groups: dict[str, list[SourceRecord]] = {}
+    for m in messages:
+        origin = origin_of(m)
+        if origin is None:
+            slot, offset = f"b{m.partition}", m.offset
+        else:
+            slot, offset = forwarded_slot(origin[0]), origin[1]
+        groups.setdefault(slot, []).append(SourceRecord(m.partition, offset, m.key, m.value))
+    return list(groups.items())
+
+
 class FeatureSetAgent:
-    """Wires one FeatureSet's processor to its Faust topic, table and side topics."""
+    """Wires one FeatureSet's processor to its Faust topics (source and .by-entity), table and side topics."""
 
     def __init__(
         self,
         app,
         feature_set: FeatureSet,
-        source_topic,
+        topics: SetTopics,
         table,
-        dlq_topic,
-        late_topic,
         metrics: WorkerMetrics,
         max_future: str,
         batch_max: int = DEFAULT_BATCH_MAX,
@@ -60,22 +98,30 @@ class FeatureSetAgent:
         self.app = app
         self.feature_set = feature_set
         self.table = table
-        self.dlq_topic = dlq_topic
-        self.late_topic = late_topic
+        self.topics = topics
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+        self.dlq_topic = app.topic(topics.dlq, **raw)
+        self.late_topic = app.topic(topics.late, **raw)
+        self.forward_topic = app.topic(topics.repartition, **raw)
         self.metrics = metrics
         self.batch_max = batch_max
-        self.source_name = source_topic.get_topic_name()
+        self.source_name = topics.source
         self.writer = TableWriter(app, table)
-        self.processor = BatchProcessor(feature_set, self.source_name, max_future)
+        self.processor = BatchProcessor(
+            feature_set, self.source_name, max_future, partitions=topics.partitions
+        )
         metrics.touch(feature_set.name)
-        # CrashingSupervisor: an error that escapes stops the worker instead of restarting the actor.
+        # One declared agent on both topics: Faust subscribes them and assigns their partitions with the
+        # table's. CrashingSupervisor: an error that escapes stops the worker instead of restarting it.
+        channel = app.topic(topics.source, topics.repartition, **raw)
         self.agent = app.agent(
-            source_topic, name=f"featurestream.{feature_set.name}", supervisor_strategy=CrashingSupervisor
+            channel, name=f"featurestream.{feature_set.name}", supervisor_strategy=CrashingSupervisor
         )(self.run)
-        batch_drain.register(app, self.source_name, self.handle_messages)
+        batch_drain.register(app, topics.source, self.handle_messages)
+        batch_drain.register(app, topics.repartition, self.handle_forwarded)
 
     async def run(self, stream) -> None:
-        """The declared agent: never fed (batch_drain takes the topic's messages first)."""
+        """The declared agent: never fed (batch_drain takes the topics' messages first)."""
         async for _ in stream:
             raise RuntimeError(
                 f"a message of {self.source_name} reached the Faust stream instead of the batch handler: "
@@ -84,20 +130,35 @@ class FeatureSetAgent:
 
     async def handle_messages(self, messages: Sequence) -> None:
         """One fetch's messages of the source topic: processed in batches of at most ``batch_max``, acked."""
-        consumer = self.app.consumer
         for start in range(0, len(messages), self.batch_max):
             chunk = messages[start : start + self.batch_max]
             try:
-                await self.handle(chunk)
+                await self.handle(chunk, chunk)
             except BaseException:
-                batch_drain.untrack(consumer, messages[start:])
+                batch_drain.untrack(self.app.consumer, messages[start:])
                 raise
-            ack = consumer.ack
-            for message in chunk:
-                ack(message)
+            self._ack(chunk)
 
-    async def handle(self, messages: Sequence) -> BatchResult:
-        """Process one batch of Faust messages end to end (acking is the caller's)."""
+    async def handle_forwarded(self, messages: Sequence) -> None:
+        """One fetch's messages of the .by-entity topic, processed per origin slot, then acked."""
+        try:
+            for slot, records in forwarded_groups(messages):
+                for start in range(0, len(records), self.batch_max):
+                    await self.handle(records[start : start + self.batch_max], messages, slot=slot)
+        except BaseException:
+            batch_drain.untrack(self.app.consumer, messages)
+            raise
+        self._ack(messages)
+
+    def _ack(self, messages: Sequence) -> None:
+        ack = self.app.consumer.ack
+        for message in messages:
+            ack(message)
+
+    async def handle(
+        self, records: Sequence, messages: Sequence = (), slot: str | None = None
+    ) -> BatchResult:
+        """Process one batch end to end (acking is the caller's); ``messages`` give the broker times."""
         started = time.perf_counter()
         store = self.table.data
 
@@ -105,11 +166,18 @@ class FeatureSetAgent:
             # One multi-get in the partition's database (what table.get would reach key by key).
             return store._db_for_partition(partition).get(list(keys))
 
-        result = self.processor.process(messages, int(time.time() * 1000), load)
-        # Dead letters and late events are produced with the table writes and delivered before the
-        # batch is acked: a crash after the ack cannot lose them.
+        result = self.processor.process(records, int(time.time() * 1000), load, slot)
+        # Dead letters, late and forwarded events are produced with the table writes and delivered
+        # before the batch is acked: a crash after the ack cannot lose them.
         side = [await self.dlq_topic.send(key=e.key, value=e.value) for e in result.dead]
         side += [await self.late_topic.send(key=e.key, value=e.value) for e in result.late]
+        partitions = self.topics.partitions
+        for e, (partition, offset) in zip(result.forward, result.forward_origins, strict=True):
+            target = entity_partition(e.key, partitions)
+            headers = [origin_header(partition, offset)]
+            side.append(
+                await self.forward_topic.send(key=e.key, value=e.value, partition=target, headers=headers)
+            )
         await self.writer.write(result.writes)
         if side:
             await asyncio.gather(*side)
@@ -120,6 +188,8 @@ class FeatureSetAgent:
                 len(result.dead),
                 self.dlq_topic.get_topic_name(),
             )
+        if slot is not None:
+            result.consumed = 0  # counted when they were consumed from the source topic
         newest_broker_ts = newest_broker_ms(messages)
         self.metrics.observe(self.feature_set.name, result, time.perf_counter() - started, newest_broker_ts)
         return result

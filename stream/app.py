@@ -98,15 +98,6 @@ def create_app(
     tables, readers, agents = {}, {}, {}
     for fs in sets:
         t = topics[fs.name]
-        source = app.topic(
-            t.source, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
-        side = {
-            name: app.topic(
-                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-            )
-            for name in (t.dlq, t.late)
-        }
         table = app.Table(
             table_name(fs),
             partitions=t.partitions,
@@ -118,17 +109,7 @@ def create_app(
         )
         tables[fs.name] = table
         readers[fs.name] = FeatureReader(fs)
-        agents[fs.name] = FeatureSetAgent(
-            app,
-            fs,
-            source,
-            table,
-            side[t.dlq],
-            side[t.late],
-            metrics,
-            max_future,
-            batch_max=batch_max,
-        )
+        agents[fs.name] = FeatureSetAgent(app, fs, t, table, metrics, max_future, batch_max=batch_max)
     ctx = ServingContext(
         registry, tables, readers, metrics, worker_id, extra={"agents": agents, "topics": topics}
     )

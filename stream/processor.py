@@ -6,8 +6,12 @@ writes back what this returns. All aggregation math is the ``aggregations`` kern
 only decides *which* events reach it:
 
 * undecodable / invalid events -> dead letters (never an exception);
+* events in another partition than their entity's (``partitioning.entity_partition``), when the
+  processor knows the partition count -> ``forward``: the agent sends them to ``<topic>.by-entity``
+  keyed by entity, where they come back (with their origin) in the right partition;
 * events at or below the highest source offset already applied to the entity (kept per source
-  partition in the entity's state meta) -> skipped as duplicates. A replay after a crash (Kafka
+  partition in the entity's state meta; forwarded events by their origin, under slot ``f<partition>``)
+  -> skipped as duplicates. A replay after a crash (Kafka
   redelivers from the last committed offset) therefore never counts an event twice, and the entity's
   state is written again so that its changelog record is re-sent;
 * events older than ``late_cutoff(plan, now)`` -> late (they can no longer change an online read);
@@ -32,6 +36,7 @@ from aggregations.naming import OFFSETS_META
 from aggregations.schema import DEFAULT_MAX_FUTURE, EventValidator, entity_keys
 
 from .envelope import Envelope, envelope
+from .partitioning import entity_partition
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +85,11 @@ class BatchResult:
     writes: list[StateWrite] = field(default_factory=list)
     dead: list[Envelope] = field(default_factory=list)
     late: list[Envelope] = field(default_factory=list)
+    forward: list[Envelope] = field(default_factory=list)  # key = entity key, value = original bytes
+    forward_origins: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) of each
     applied: int = 0
     duplicates: int = 0
-    key_mismatches: int = 0
+    key_mismatches: int = 0  # events forwarded to their entity's partition
     max_event_ts: int | None = None
 
     @property
@@ -98,6 +105,8 @@ class BatchResult:
         self.applied += other.applied
         self.duplicates += other.duplicates
         self.key_mismatches += other.key_mismatches
+        self.forward.extend(other.forward)
+        self.forward_origins.extend(other.forward_origins)
         if other.max_event_ts is not None:
             self.max_event_ts = max(self.max_event_ts or other.max_event_ts, other.max_event_ts)
 
@@ -127,13 +136,13 @@ def group_entities(keys: np.ndarray, partitions: np.ndarray) -> EntityGroups:
     return EntityGroups(codes, owner, [str(k).encode() for k in uniques])
 
 
-def applied_offsets(metas: Sequence[dict], partitions: np.ndarray) -> np.ndarray:
-    """Highest source offset already applied to each entity in its partition (-1 if none)."""
+def applied_offsets(metas: Sequence[dict], partitions: np.ndarray, slot: str | None = None) -> np.ndarray:
+    """Highest offset already applied to each entity in its partition, or in ``slot`` (-1 if none)."""
     out = np.full(len(metas), -1, dtype=np.int64)
     for i, meta in enumerate(metas):
         offsets = meta.get(OFFSETS)
         if offsets:
-            out[i] = offsets.get(str(int(partitions[i])), -1)
+            out[i] = offsets.get(slot or str(int(partitions[i])), -1)
     return out
 
 
@@ -149,33 +158,52 @@ def updated_offsets(applied: np.ndarray, codes: np.ndarray, offsets: np.ndarray)
     return out
 
 
-def with_offset(meta: dict, partition: int, offset: int) -> dict:
-    """The entity's meta (changed in place: it was decoded for this batch) with ``partition``'s applied offset."""
+def with_offset(meta: dict, partition: int, offset: int, slot: str | None = None) -> dict:
+    """The entity's meta (changed in place: it was decoded for this batch) with the applied offset of
+    ``partition`` (or of ``slot``) set."""
     meta.pop("fp", None)
     offsets = meta.get(OFFSETS)
     if offsets is None:
         offsets = meta[OFFSETS] = {}
-    offsets[str(partition)] = offset
+    offsets[slot or str(partition)] = offset
     return meta
+
+
+def forwarded_slot(origin_partition: int) -> str:
+    """The applied-offset slot of events forwarded from source partition ``origin_partition``."""
+    return f"f{int(origin_partition)}"
 
 
 class BatchProcessor:
     """Turns batches of one FeatureSet's source records into state writes (see module docstring)."""
 
-    def __init__(self, feature_set: FeatureSet, topic: str, max_future: str = DEFAULT_MAX_FUTURE):
+    def __init__(
+        self,
+        feature_set: FeatureSet,
+        topic: str,
+        max_future: str = DEFAULT_MAX_FUTURE,
+        partitions: int | None = None,
+    ):
+        """``partitions``: the source topic's partition count, to forward misplaced events (None: never)."""
+        self.partitions = partitions
         self.feature_set = feature_set
         self.plan = feature_set.plan
         self.topic = topic
         self.validator = EventValidator(feature_set, max_future)
         self.codec = EntityStateCodec(feature_set)
 
-    def process(self, records: Sequence[SourceLike], now_ms: int, load: StateLoader) -> BatchResult:
+    def process(
+        self, records: Sequence[SourceLike], now_ms: int, load: StateLoader, slot: str | None = None
+    ) -> BatchResult:
         """Process a batch; an unexpected failure is isolated to the records that cause it.
+
+        ``slot``: the records were forwarded from one source partition (``forwarded_slot``); their
+        offsets are their origin offsets, deduplicated in that slot, and they are never forwarded again.
 
         Only ``StateLoadError`` (the store failed) escapes: bad input is dead-lettered instead.
         """
         try:
-            return self._process(records, now_ms, _guarded(load))
+            return self._process(records, now_ms, _guarded(load), slot)
         except StateLoadError:
             raise
         except Exception as exc:
@@ -195,7 +223,7 @@ class BatchProcessor:
             return [overlay.get((partition, k), loaded.get(k)) for k in keys]
 
         for record in records:
-            part = self.process([record], now_ms, load_overlaid)
+            part = self.process([record], now_ms, load_overlaid, slot)
             for w in part.writes:
                 overlay[(w.partition, w.key)] = w.value
             part.writes = []
@@ -208,7 +236,9 @@ class BatchProcessor:
             record.key, envelope(reason, self.topic, record.partition, record.offset, record.value)
         )
 
-    def _process(self, records: Sequence[SourceLike], now_ms: int, load: StateLoader) -> BatchResult:
+    def _process(
+        self, records: Sequence[SourceLike], now_ms: int, load: StateLoader, slot: str | None
+    ) -> BatchResult:
         fs = self.feature_set
         result = BatchResult(consumed=len(records))
         rows, positions, rejects = self.validator.decode([r.value for r in records], now_ms)
@@ -219,16 +249,17 @@ class BatchProcessor:
         frame = apply_transforms(fs, self.validator.to_frame(rows))
         keys = entity_keys(fs, frame)
         valid = [records[i] for i in positions]
+        if self.partitions and slot is None:
+            frame, keys, valid = self._forward_misplaced(frame, keys, valid, result)
+            if not valid:
+                return result
         partitions = np.fromiter((r.partition for r in valid), np.int64, len(valid))
         offsets = np.fromiter((r.offset for r in valid), np.int64, len(valid))
-        result.key_mismatches = sum(
-            1 for r, k in zip(valid, keys.tolist(), strict=True) if r.key is not None and r.key != k.encode()
-        )
         groups = group_entities(keys, partitions)
         codes = groups.codes
 
         stored, metas = self._load(groups, load)
-        applied = applied_offsets(metas, groups.partitions)
+        applied = applied_offsets(metas, groups.partitions, slot)
         dup = duplicate_mask(offsets, codes, applied)
         ts = np.asarray(frame[fs.timestamp_key], dtype=np.int64)
         cutoff = late_cutoff(self.plan, now_ms)
@@ -253,12 +284,28 @@ class BatchProcessor:
         if len(write_codes):
             top = updated_offsets(applied, codes, offsets).tolist()
             parts = groups.partitions.tolist()
-            new_metas = [with_offset(metas[c], parts[c], top[c]) for c in range(len(parts))]
+            new_metas = [with_offset(metas[c], parts[c], top[c], slot) for c in range(len(parts))]
             blobs = self.codec.encode_all(state, write_codes, new_metas)
             result.writes = [
                 StateWrite(part, key, blob) for part, key, blob in zip(parts, groups.keys, blobs, strict=True)
             ]
         return result
+
+    def _forward_misplaced(self, frame: pd.DataFrame, keys: np.ndarray, valid: list, result: BatchResult):
+        """Move events outside their entity's partition to ``result.forward``; return the rest."""
+        n = self.partitions
+        encoded = [str(k).encode() for k in keys.tolist()]
+        misplaced = [r.partition != entity_partition(k, n) for r, k in zip(valid, encoded, strict=True)]
+        if not any(misplaced):
+            return frame, keys, valid
+        for r, k, out in zip(valid, encoded, misplaced, strict=True):
+            if out:
+                result.forward.append(Envelope(k, r.value))
+                result.forward_origins.append((r.partition, r.offset))
+        result.key_mismatches = len(result.forward)
+        stay = ~np.asarray(misplaced)
+        kept = [r for r, out in zip(valid, misplaced, strict=True) if not out]
+        return frame[stay].reset_index(drop=True), keys[stay], kept
 
     def _load(self, groups: EntityGroups, load: StateLoader):
         blobs: list[bytes | None] = [None] * len(groups.keys)

@@ -1,8 +1,9 @@
 """Kafka topics of the online path: names (with an optional prefix) and making sure they exist.
 
 A FeatureSet's ``source`` names its topic; ``prefix`` maps it to ``prefix + source`` so that several
-deployments (or test runs) can share one cluster. Each source topic gets ``<topic>.dlq`` and
-``<topic>.late``. The worker's tables are partitioned like their source topic (Faust requires a
+deployments (or test runs) can share one cluster. Each source topic gets ``<topic>.dlq``,
+``<topic>.late`` and ``<topic>.by-entity`` (events that arrived in another partition than their
+entity's, forwarded there; it must have the source's partition count). The worker's tables are partitioned like their source topic (Faust requires a
 table's changelog to be co-partitioned with the stream that writes it), so the partition count is
 read from the broker before the app is built; a missing source topic is created.
 """
@@ -19,6 +20,7 @@ from aggregations.definitions import FeatureSet
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 4
+REPARTITION_SUFFIX = ".by-entity"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,11 @@ class SetTopics:
     dlq: str
     late: str
     partitions: int
+
+    @property
+    def repartition(self) -> str:
+        """Where events that arrived in the wrong partition for their entity are forwarded."""
+        return f"{self.source}{REPARTITION_SUFFIX}"
 
 
 def topic_names(feature_set: FeatureSet, prefix: str = "") -> tuple[str, str, str]:
@@ -81,9 +88,16 @@ def resolve_topics(
             counts.update(_partition_counts(admin, missing))
         side = {}
         for source, dlq, late in sources.values():
-            side[dlq] = side[late] = counts[source]
+            side[dlq] = side[late] = side[source + REPARTITION_SUFFIX] = counts[source]
         existing = _partition_counts(admin, list(side))
         _create(admin, {name: n for name, n in side.items() if name not in existing})
+        for source, _, _ in sources.values():
+            forwarded = source + REPARTITION_SUFFIX
+            if existing.get(forwarded, counts[source]) != counts[source]:
+                raise ValueError(
+                    f"topic {forwarded} has {existing[forwarded]} partitions but {source} has {counts[source]}: "
+                    f"they must match (delete {forwarded}; the worker recreates it)"
+                )
         return {name: SetTopics(s, d, lt, counts[s]) for name, (s, d, lt) in sources.items()}
     finally:
         admin.close()

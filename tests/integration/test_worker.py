@@ -243,6 +243,27 @@ def test_features_match_the_oracle(run):
     assert worker.metric("featurestream_events_duplicate_total") == 0
 
 
+def test_events_outside_their_entitys_partition_are_forwarded_and_counted_once(run):
+    """Producers that do not key by entity (no key, another key, another partitioner): the worker sends
+    such events to <topic>.by-entity keyed by entity and applies them there, exactly once."""
+    from stream.partitioning import entity_partition
+
+    worker, events, users = run["worker"], run["events"], run["users"]
+    batch = make_events(users, 300, seed=5)
+    for i, e in enumerate(batch):
+        home = entity_partition(e["user_id"].encode(), PARTITIONS)
+        wrong = (home + 1 + i % (PARTITIONS - 1)) % PARTITIONS
+        key = None if i % 2 else f"not-{e['user_id']}".encode()
+        events.producer.send(events.topic, key=key, value=json.dumps(e).encode(), partition=wrong)
+        events.rows.append({"key": e["user_id"], "ts": e["ts"], "seq": len(events.rows), "value": e["amount"]})
+    events.producer.flush(timeout=30)
+    bodies = wait_caught_up(worker, events, users)
+    for user in users:
+        assert_oracle(events, bodies[user], user)
+    assert worker.metric("featurestream_events_key_mismatch_total") == len(batch)
+    assert worker.metric("featurestream_events_duplicate_total") == 0
+
+
 def test_unknown_entity_set_and_feature(run):
     worker = run["worker"]
     body = worker.features("nobody-at-all")

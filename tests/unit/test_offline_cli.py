@@ -127,7 +127,7 @@ def test_unknown_vector_is_a_clear_error(store, tmp_path, capsys):
 
 def test_definitions_loaded_from_a_file_run_in_worker_processes(store, caplog):
     """Worker processes load the definitions file too, so its module-level functions unpickle there."""
-    data_dir, events = store
+    data_dir, _ = store
     rows = pd.DataFrame({"user_id": ["u1", "u2", "u3"] * 20, "ts": T0 + np.arange(60) * 3_600_000, "amount": 5.0})
     alone = get_offline_features("fraud", rows, data_dir, registry=REGISTRY, partitions=3)
     with caplog.at_level("WARNING"):

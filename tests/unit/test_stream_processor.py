@@ -222,11 +222,11 @@ def test_entity_spread_over_partitions_gets_state_per_partition():
     assert len(set(groups.codes.tolist())) == 3
 
 
-def test_key_mismatch_is_counted():
+def test_without_a_partition_count_events_are_applied_where_they_are():
     proc, store = BatchProcessor(TX, "transactions"), Store()
     payload = json.dumps({"user_id": "u1", "ts": NOW - 1, "amount": 1.0}).encode()
     result = proc.process([SourceRecord(0, 0, b"other", payload), SourceRecord(0, 1, None, payload)], NOW, store.load)
-    assert result.key_mismatches == 1 and result.applied == 2
+    assert result.applied == 2 and not result.forward and result.key_mismatches == 0
 
 
 def _flaky_transform(frame: pd.DataFrame) -> pd.DataFrame:
@@ -288,3 +288,48 @@ def test_state_of_another_definition_is_ignored_not_fatal():
     store.apply(result)
     assert result.applied == 1 and not result.dead
     assert features_now(store, ["u1"])["u1"]["amount_sum_1h"] == 2.0
+
+
+def test_events_outside_their_entitys_partition_are_forwarded_then_applied_once_in_their_slot():
+    from stream.agent import forwarded_groups, origin_header
+    from stream.partitioning import entity_partition
+    from stream.processor import forwarded_slot
+
+    events = random_events(60, users=5, seed=9)
+    home = {e["user_id"]: entity_partition(e["user_id"].encode(), 3) for e in events}
+    # Every event lands one partition off its entity's, with no key: all must be forwarded.
+    records = [
+        SourceRecord((home[e["user_id"]] + 1) % 3, i, None, json.dumps(e).encode()) for i, e in enumerate(events)
+    ]
+    proc, store = BatchProcessor(TX, "tx", partitions=3), Store()
+    result = proc.process(records, NOW, store.load)
+    assert result.applied == 0 and not result.writes
+    assert [e.key for e in result.forward] == [e["user_id"].encode() for e in events]
+    assert [e.value for e in result.forward] == [r.value for r in records]
+    assert result.forward_origins == [(r.partition, r.offset) for r in records]
+    assert result.key_mismatches == len(events)
+
+    # The .by-entity topic hands them back in their entity's partition, grouped by origin slot.
+    class Message:
+        def __init__(self, partition, offset, key, value, headers):
+            self.partition, self.offset, self.key, self.value, self.headers = partition, offset, key, value, headers
+
+    forwarded = [
+        Message(home[f.key.decode()], 1000 + i, f.key, f.value, [origin_header(*origin)])
+        for i, (f, origin) in enumerate(zip(result.forward, result.forward_origins, strict=True))
+    ]
+    groups = forwarded_groups(forwarded)
+    assert {slot for slot, _ in groups} == {forwarded_slot(p) for p in {r.partition for r in records}}
+    for slot, group in groups:
+        store.apply(proc.process(group, NOW, store.load, slot=slot))
+    # A forward repeated after a crash (new offsets in .by-entity, same origins) is skipped.
+    again = [Message(m.partition, m.offset + 500, m.key, m.value, m.headers) for m in forwarded]
+    repeats = [proc.process(group, NOW, store.load, slot=slot) for slot, group in forwarded_groups(again)]
+    assert all(r.applied == 0 for r in repeats)
+    assert sum(r.duplicates for r in repeats) == len(events)
+    reader = FeatureReader(TX)
+    rows = [{"key": e["user_id"], "ts": e["ts"], "seq": i, "value": e["amount"]} for i, e in enumerate(events)]
+    for user in home:
+        (got,) = reader.read([store.blobs.get((home[user], user.encode()))], NOW, None)
+        want = oracle.feature_at(rows, user, NOW, "count", 3_600_000, 300_000)
+        assert got["amount_count_1h"] == want
