@@ -275,11 +275,9 @@ class BatchProcessor:
             result.max_event_ts = int(ts[keep].max())
 
         # Every entity of the batch is written back, even when all its rows were late (its applied
-        # offset moves on, so a replay does not publish them again) or duplicates: a replay happens
-        # after a crash, when the local store may hold writes whose changelog records never reached
-        # Kafka (Faust writes the store first and produces the changelog record later, before it
-        # commits). Writing the state again re-sends it, so the changelog - what another worker or a
-        # wiped state dir restores from - catches up with the local store instead of lagging forever.
+        # offset moves on, so a replay does not publish them again) or duplicates. The worker writes
+        # the changelog before the store (TableWriter), so the store cannot be ahead of it; re-sending
+        # a replayed entity's state is defence in depth for stores written by other means.
         write_codes = np.arange(len(groups.keys))
         if len(write_codes):
             top = updated_offsets(applied, codes, offsets).tolist()
