@@ -17,6 +17,7 @@ The table key is the entity key's UTF-8 bytes (composite keys: parts joined by U
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,9 +161,14 @@ async def _vector_response(app, ctx: ServingContext, view: View, request, vector
         local = [_is_local(app, table, k) for k in keys]
         blobs = [table.get(k.encode()) if here else None for k, here in zip(keys, local, strict=True)]
         values = ctx.readers[set_name].read(blobs, at, features, request_frame)
-        for i, (key, here) in enumerate(zip(keys, local, strict=True)):
-            if not here:
-                values[i] = await _remote_features(app, table, fs, key, features, entities[i])
+        remote = [i for i, here in enumerate(local) if not here]
+        if remote:  # keys other workers own: asked concurrently, one GET each
+            answers = await asyncio.gather(
+                *(_remote_features(app, table, fs, keys[i], features, entities[i]) for i in remote)
+            )
+            for i, answer in zip(remote, answers, strict=True):
+                values[i] = answer
+        for i in range(len(keys)):
             out = results[i]["features"]
             for f in features:
                 out[names[(set_name, f)]] = values[i].get(f)
