@@ -245,9 +245,9 @@ class FeatureSet:
             raise ValueError(f"feature set {self.name!r}: {exc}") from None
         return Plan(features, {c: tuple(v) for c, v in fields.items()}, windows, chain)
 
-    def fingerprint(self) -> str:
-        """A stable hash of everything that changes the state or the values computed."""
-        body = {
+    def definition(self) -> dict:
+        """Everything that changes the state or the values computed, as plain JSON data."""
+        return {
             "name": self.name,
             "entities": [[e.name, e.dtype] for e in self.entities],
             "timestamp_key": self.timestamp_key,
@@ -255,7 +255,10 @@ class FeatureSet:
             "aggregations": [a.describe() for a in self.aggregations],
             "transforms": [_callable_identity(t) for t in self.transforms],
         }
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        """A stable hash of ``definition()``: the version of the set's online state."""
+        return hashlib.sha256(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()[:16]
 
     def preview(self, events: pd.DataFrame, at: pd.DataFrame | None = None) -> pd.DataFrame:
         """Features computed in memory: per event as of its own timestamp, or at the given rows."""

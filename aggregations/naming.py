@@ -25,3 +25,18 @@ def table_name(feature_set: FeatureSet) -> str:
 def changelog_topic(feature_set: FeatureSet, app_id: str = DEFAULT_APP_ID) -> str:
     """The Kafka changelog topic of a set's tile table (Faust's ``<app id>-<table>-changelog``)."""
     return f"{app_id}-{table_name(feature_set)}-changelog"
+
+
+def changelog_versions(topics, set_name: str, app_id: str = DEFAULT_APP_ID) -> dict[str, str]:
+    """Definition fingerprint -> changelog topic, for every version of ``set_name`` among ``topics``."""
+    prefix, suffix = f"{app_id}-{set_name}-tiles-", "-changelog"
+    return {
+        t[len(prefix) : -len(suffix)]: t
+        for t in topics
+        if t.startswith(prefix) and t.endswith(suffix) and len(t) > len(prefix) + len(suffix)
+    }
+
+
+def definitions_topic(app_id: str = DEFAULT_APP_ID) -> str:
+    """Compacted topic where workers record each definition they ran (``featurestream plan`` reads it)."""
+    return f"{app_id}-featurestream-definitions"

@@ -66,6 +66,7 @@ class Worker:
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.starts = 0
+        self.extra_args: list[str] = []  # e.g. ["--definitions", path]
 
     @property
     def url(self) -> str:
@@ -92,6 +93,7 @@ class Worker:
             "--worker-id", f"{self.name}-{self.starts}",
             "--loglevel", "INFO",
             "--session-timeout", "8",  # a kill -9'd worker's restart waits for its old session to expire
+            *self.extra_args,
         ]  # fmt: skip
         self.log_file = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT)

@@ -1,0 +1,71 @@
+"""``featurestream plan``: what deploying these definitions will do to each feature set's online state.
+
+Compares each set's definition fingerprint with the versions deployed on the broker (tile changelog
+topics and the definitions the workers recorded) and says, per set: unchanged, new, or changed (with
+what changed) and what to do before starting workers. Exit 1 when a set needs action (``--check``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .config import env
+
+
+def add_command(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        parents=[common],
+        help="show what deploying the definitions does to online state (before starting workers)",
+        description=__doc__.split("\n\n")[1],
+        epilog="example: featurestream plan --definitions features.py --broker kafka:9092 --app-id fraud",
+    )
+    p.add_argument(
+        "--app-id", default=env("APP_ID", "featurestream"), help="the workers' app id (default featurestream)"
+    )
+    p.add_argument("--topic-prefix", default=env("TOPIC_PREFIX", ""), help="prefix of source topic names")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--check", action="store_true", help="exit 1 when a set needs action before workers start")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from kafka import KafkaAdminClient, KafkaConsumer
+
+    from aggregations.loading import load_registry
+    from stream.topics import bootstrap_servers, topic_names
+    from stream.versions import inspect_versions
+
+    registry = load_registry(args.definitions)
+    sets = list(registry.feature_sets.values())
+    servers = bootstrap_servers(args.broker)
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=servers, client_id="featurestream-plan")
+        consumer = KafkaConsumer(
+            bootstrap_servers=servers, enable_auto_commit=False, client_id="featurestream-plan"
+        )
+    except Exception as exc:
+        raise ValueError(f"cannot reach Kafka at {args.broker}: {exc} (check --broker)") from exc
+    try:
+        sources = {fs.name: topic_names(fs, args.topic_prefix)[0] for fs in sets}
+        statuses = inspect_versions(admin, consumer, sets, sources, args.app_id)
+    finally:
+        consumer.close()
+        admin.close()
+    if args.json:
+        rows = [{**vars(s), "action": s.action, "needs_action": s.blocked} for s in statuses]
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    else:
+        for s in statuses:
+            print(f"{s.name}  definition {s.fingerprint}")
+            print(
+                f"  deployed versions: {', '.join(s.other_versions) or 'none'}; state for this one: "
+                f"{'yes' if s.has_state else 'no'}; group {args.app_id} consumed the source: "
+                f"{'yes' if s.group_committed else 'no'}"
+            )
+            for change in s.changes:
+                print(f"  change: {change}")
+            print(f"  -> {s.action}")
+    return 1 if args.check and any(s.blocked for s in statuses) else 0
