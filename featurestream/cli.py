@@ -12,7 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     import sinks.cli
     import stream.cli
 
-    from . import describe_cmd, drift_cmd, preview_cmd, produce, verify
+    from . import describe_cmd, drift_cmd, plan_cmd, preview_cmd, produce, verify
 
     parser = argparse.ArgumentParser(
         prog="featurestream",
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     describe_cmd.add_command(sub, common)
     drift_cmd.add_command(sub, common)
     verify.add_command(sub, common)
+    plan_cmd.add_command(sub, common)
     return parser
 
 

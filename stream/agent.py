@@ -17,16 +17,18 @@ partition of its source partition, exactly where a per-event Faust agent would p
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
 
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
+from faust.exceptions import ProducerSendError
 from mode import CrashingSupervisor
 
 from aggregations.definitions import FeatureSet
 
 from . import batch_drain
+from .envelope import Envelope, envelope, without_payload
 from .metrics import WorkerMetrics
 from .partitioning import entity_partition
 from .processor import BatchProcessor, BatchResult, SourceRecord, forwarded_slot
@@ -62,6 +64,13 @@ def origin_of(message) -> tuple[int, int] | None:
             except (ValueError, UnicodeDecodeError):
                 return None
     return None
+
+
+def _too_large(exc: BaseException) -> bool:
+    cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
+    return (
+        isinstance(cause, MessageSizeTooLargeError | RecordTooLargeError) or "too large" in str(exc).lower()
+    )
 
 
 def forwarded_groups(messages: Sequence) -> list[tuple[str, list[SourceRecord]]]:
@@ -150,6 +159,42 @@ class FeatureSetAgent:
             raise
         self._ack(messages)
 
+    async def _send(
+        self, topic, e: Envelope, partition: int | None = None, origin: tuple[int, int] | None = None
+    ):
+        """Hand one side record to the producer: (future or the send error, topic, envelope, origin)."""
+        headers = [origin_header(*origin)] if origin else None
+        try:
+            return (
+                await topic.send(key=e.key, value=e.value, partition=partition, headers=headers),
+                topic,
+                e,
+                origin,
+            )
+        except ProducerSendError as exc:  # refused before sending (e.g. larger than max_request_size)
+            return exc, topic, e, origin
+
+    async def _delivered(self, sent) -> None:
+        """Wait for a side record; one too large to publish is dead-lettered without its payload."""
+        future, topic, e, origin = sent
+        try:
+            if isinstance(future, BaseException):
+                raise future
+            await future
+        except (ProducerSendError, MessageSizeTooLargeError, RecordTooLargeError) as exc:
+            if not _too_large(exc):
+                raise
+            why = f"too large for {topic.get_topic_name()} ({type(exc.__cause__ or exc).__name__})"
+            if origin is None:  # a dead letter or late event: its envelope, minus the payload
+                value = without_payload(e.value, why)
+            else:  # a forwarded event: a dead letter that points at the source record
+                value = without_payload(
+                    envelope("cannot forward to the entity's partition", self.source_name, *origin, e.value),
+                    why,
+                )
+            log.error("%s: %s", self.feature_set.name, why)
+            await (await self.dlq_topic.send(key=e.key, value=value))
+
     def _ack(self, messages: Sequence) -> None:
         ack = self.app.consumer.ack
         for message in messages:
@@ -169,18 +214,15 @@ class FeatureSetAgent:
         result = self.processor.process(records, int(time.time() * 1000), load, slot)
         # Dead letters, late and forwarded events are produced with the table writes and delivered
         # before the batch is acked: a crash after the ack cannot lose them.
-        side = [await self.dlq_topic.send(key=e.key, value=e.value) for e in result.dead]
-        side += [await self.late_topic.send(key=e.key, value=e.value) for e in result.late]
+        side = [await self._send(self.dlq_topic, e) for e in result.dead]
+        side += [await self._send(self.late_topic, e) for e in result.late]
         partitions = self.topics.partitions
         for e, (partition, offset) in zip(result.forward, result.forward_origins, strict=True):
             target = entity_partition(e.key, partitions)
-            headers = [origin_header(partition, offset)]
-            side.append(
-                await self.forward_topic.send(key=e.key, value=e.value, partition=target, headers=headers)
-            )
+            side.append(await self._send(self.forward_topic, e, partition=target, origin=(partition, offset)))
         await self.writer.write(result.writes)
-        if side:
-            await asyncio.gather(*side)
+        for sent in side:
+            await self._delivered(sent)
         if result.dead:
             log.warning(
                 "%s: %d event(s) dead-lettered to %s",

@@ -25,10 +25,12 @@ from .agent import DEFAULT_BATCH_MAX, FeatureSetAgent
 from .metrics import WorkerMetrics
 from .reading import FeatureReader
 from .topics import DEFAULT_PARTITIONS, SetTopics, bootstrap_servers, resolve_topics
+from .versions import guard_versions
 from .views import ServingContext, register_views
 
 ROCKSDB_OPTIONS = {"driver": "rocksdict"}
 PRODUCER_BATCH_BYTES = 512 * 1024  # under the broker's default 1 MiB message.max.bytes
+PRODUCER_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 def default_worker_id() -> str:
@@ -53,6 +55,7 @@ def create_app(
     batch_max: int = DEFAULT_BATCH_MAX,
     standby_replicas: int = 1,
     session_timeout_s: float = 45.0,
+    allow_partial_state: bool = False,
 ) -> faust.App:
     """A Faust app serving every FeatureSet of ``registry`` (the worker runs it).
 
@@ -62,12 +65,16 @@ def create_app(
     ``web_bind="0.0.0.0"`` with a reachable ``web_host`` (or ``canonical_url``) to serve other hosts.
     ``session_timeout_s`` bounds how long the group waits for a worker that died without leaving
     (kill -9) before its partitions move: the restart of a killed worker waits that long too.
+    ``allow_partial_state``: start a changed feature set on empty state even though the group already
+    consumed its source (``versions.check_versions`` refuses that by default; run bootstrap instead).
     The returned app carries its ``ServingContext`` as ``app.featurestream``.
     """
     faust_fixes.apply()
     sets = list(registry.feature_sets.values())
     if topics is None:
         topics = resolve_topics(broker, sets, prefix=topic_prefix, partitions=partitions)
+        sources = {name: t.source for name, t in topics.items()}
+        guard_versions(bootstrap_servers(broker), sets, sources, app_id, allow_partial_state)
     worker_id = worker_id or default_worker_id()
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     first = topics[sets[0].name]
@@ -93,6 +100,9 @@ def create_app(
         # A batch's table writes are all handed to the producer before any is awaited (TableWriter):
         # large produce batches carry them (a state blob is 4-8 KB; the default batch is 16 KB).
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        # A dead letter wraps its event (base64, +1/3): never refuse one client-side that the broker
+        # would take; one the broker refuses is dead-lettered without its payload (agent._delivered).
+        producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
     )
     metrics = WorkerMetrics()
     tables, readers, agents = {}, {}, {}

@@ -93,6 +93,13 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
         "killed worker's restart also waits this long (env FEATURESTREAM_SESSION_TIMEOUT; default 45)",
     )
     w.add_argument(
+        "--allow-partial-state",
+        action="store_true",
+        default=_env("ALLOW_PARTIAL_STATE", "") in ("1", "true", "yes"),
+        help="start a changed feature set on empty state although the group already consumed its source "
+        "(windows then fill up over time); by default the worker refuses and asks for `featurestream bootstrap`",
+    )
+    w.add_argument(
         "--loglevel",
         default=_env("LOGLEVEL", "WARNING"),
         help="log level (env FEATURESTREAM_LOGLEVEL; default WARNING)",
@@ -141,6 +148,7 @@ def run_worker(args: argparse.Namespace) -> int:
         web_bind=args.web_bind,
         batch_max=args.batch_max,
         session_timeout_s=args.session_timeout,
+        allow_partial_state=args.allow_partial_state,
     )
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
     # Faust's startup spinner sets the *root* logger to DEBUG (so it can spin on every record) and never

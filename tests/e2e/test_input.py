@@ -153,12 +153,6 @@ def test_poison_input_goes_to_the_dead_letter_and_late_topics(kafka_bootstrap, t
         sink.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stream bug: a dead letter's envelope (payload base64-encoded, x4/3) above the worker producer's "
-    "max_request_size (1 MiB) raises MessageSizeTooLargeError in the batch handler and stops the worker; the "
-    "record is never acked, so every restart stops again (a crash loop on one bad record)",
-)
 def test_one_mib_poison_payloads_are_dead_lettered(kafka_bootstrap, tmp_path):
     prefix, app_id, _ = unique_names("huge")
     topic = f"{prefix}transactions"
@@ -184,13 +178,6 @@ def test_one_mib_poison_payloads_are_dead_lettered(kafka_bootstrap, tmp_path):
         worker.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stream bug: a valid event whose Kafka key is empty (or differs from its entity key) is applied "
-    "to the state of its source partition but reads look the entity up by its own key, so the event is "
-    "invisible online (only counted in featurestream_events_key_mismatch_total), while the sink keeps it: "
-    "online/offline skew instead of a dead letter",
-)
 def test_empty_kafka_key_is_dead_lettered_or_served(kafka_bootstrap, tmp_path):
     prefix, app_id, _ = unique_names("key")
     topic = f"{prefix}transactions"

@@ -334,6 +334,30 @@ def test_malformed_events_are_dead_lettered_and_the_stream_goes_on(run):
     assert all(d["topic"] == run["topic"] and d["offset"] >= 0 for d in dead)
 
 
+def test_a_dead_letter_too_large_for_the_dlq_topic_keeps_its_reason_and_source_position(run):
+    """900 KB of bad bytes fit the source topic (1 MB default) but not once base64-wrapped in the DLQ:
+    the dead letter is published without its payload, pointing at the source record, and the stream goes on."""
+    worker, events, users = run["worker"], run["events"], run["users"]
+    big = b"{" + b"x" * 900_000
+    events.send_raw(users[2].encode(), big)
+    run["raw_sent"] = run.get("raw_sent", 0) + 1
+    now = int(time.time() * 1000)
+    events.send([{"user_id": users[2], "ts": now - 3, "amount": 1.5}])
+    worker.wait_consumed(consumed_so_far(run))
+    assert_oracle(events, worker.features(users[2]), users[2])
+    consumer = KafkaConsumer(
+        f"{run['topic']}.dlq", bootstrap_servers=run["bootstrap"], auto_offset_reset="earliest",
+        enable_auto_commit=False, consumer_timeout_ms=10_000, fetch_max_bytes=4_000_000,
+    )  # fmt: skip
+    found = [d for d in (open_envelope(r.value) for r in consumer) if d.get("payload_omitted_bytes")]
+    consumer.close()
+    assert len(found) == 1, found
+    (dead,) = found
+    assert dead["payload"] is None and dead["payload_omitted_bytes"] == len(big)
+    assert "not valid JSON" in dead["reason"] and "left out" in dead["reason"]
+    assert dead["topic"] == run["topic"] and dead["offset"] >= 0
+
+
 def snapshot(worker: Worker, users: list[str]) -> dict:
     return {u: worker.features(u) for u in users}
 

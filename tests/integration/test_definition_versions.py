@@ -1,0 +1,91 @@
+"""A changed definition never starts on empty state behind the group's offsets; `plan` says what changes.
+
+Real broker, real worker processes: a worker runs the example set and commits source offsets; the set
+is then changed (the 90d window becomes 30d). `featurestream plan --check` names the change and exits 1,
+and a worker started with the changed definition refuses with a one-line cause and the bootstrap hint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from kafka import KafkaAdminClient, KafkaProducer
+
+from tests.integration.test_worker import REPO_ROOT, TIMEOUT_S, Worker
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = REPO_ROOT / "examples" / "transactions" / "features.py"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "featurestream.cli", *args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def committed(bootstrap: str, group: str) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="featurestream-tests")
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
+
+
+def test_a_changed_definition_is_planned_and_refused_on_empty_state(kafka_bootstrap, tmp_path):
+    run_id = uuid.uuid4().hex[:8]
+    prefix, app_id = f"dv-{run_id}-", f"fs-dv-{run_id}"
+    worker = Worker(kafka_bootstrap, tmp_path / "state", prefix, app_id, tmp_path, "v1")
+    worker.start()
+    try:
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        now = int(time.time() * 1000)
+        for i in range(50):
+            event = {"user_id": f"u{i % 5}", "ts": now - i * 1000, "amount": 1.0 + i}
+            producer.send(
+                f"{prefix}transactions", key=event["user_id"].encode(), value=json.dumps(event).encode()
+            )
+        producer.flush(timeout=30)
+        producer.close()
+        deadline = time.monotonic() + TIMEOUT_S
+        while committed(kafka_bootstrap, app_id) < 50:  # Faust commits every few seconds
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.5)
+    finally:
+        worker.stop()
+
+    unchanged = cli(
+        "plan", "--broker", kafka_bootstrap, "--app-id", app_id, "--topic-prefix", prefix, "--check"
+    )
+    assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
+    assert "unchanged" in unchanged.stdout
+
+    changed = tmp_path / "features_v2.py"
+    changed.write_text(
+        EXAMPLE.read_text().replace('"1h", "1d", "90d"', '"1h", "1d", "30d"').replace("_90d", "_30d")
+    )
+    plan = cli("plan", "--definitions", str(changed), "--broker", kafka_bootstrap, "--app-id", app_id,
+               "--topic-prefix", prefix, "--check")  # fmt: skip
+    assert plan.returncode == 1, plan.stdout + plan.stderr
+    assert "windows ['1h', '1d', '90d'] -> ['1h', '1d', '30d']" in plan.stdout
+    assert "featurestream bootstrap" in plan.stdout
+
+    refused = Worker(kafka_bootstrap, tmp_path / "state2", prefix, app_id, tmp_path, "v2")
+    refused.extra_args = ["--definitions", str(changed)]
+    refused.launch()
+    code = refused.proc.wait(timeout=TIMEOUT_S)
+    refused.log_file.close()
+    refused.proc = None
+    log = refused.log_path.read_text()
+    assert code == 2, log
+    assert "feature set 'transactions' changed" in log and "featurestream bootstrap" in log, log
+    assert "Traceback" not in log, log
