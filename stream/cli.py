@@ -93,6 +93,13 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
         "killed worker's restart also waits this long (env FEATURESTREAM_SESSION_TIMEOUT; default 45)",
     )
     w.add_argument(
+        "--standby-replicas",
+        type=int,
+        default=int(_env("STANDBY_REPLICAS", "1")),
+        help="other workers that keep a warm copy of each table partition, for fast take-over when its "
+        "owner dies (env FEATURESTREAM_STANDBY_REPLICAS; default 1)",
+    )
+    w.add_argument(
         "--allow-partial-state",
         action="store_true",
         default=_env("ALLOW_PARTIAL_STATE", "") in ("1", "true", "yes"),
@@ -149,6 +156,7 @@ def run_worker(args: argparse.Namespace) -> int:
         batch_max=args.batch_max,
         session_timeout_s=args.session_timeout,
         allow_partial_state=args.allow_partial_state,
+        standby_replicas=args.standby_replicas,
     )
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
     # Faust's startup spinner sets the *root* logger to DEBUG (so it can spin on every record) and never
