@@ -29,7 +29,7 @@ Transform = Callable[[pd.DataFrame], pd.DataFrame]
 
 def check_name(kind: str, name: str) -> str:
     """Names become Kafka topics, table keys and directory names: letters, digits and '_' only."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):  # fullmatch: "$" would accept a final newline
         raise ValueError(f"invalid {kind} name {name!r}: use letters, digits and '_', starting with a letter")
     return name
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .config import common_parser
+from .kafka_security import KafkaSecurity
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        # Kafka TLS/SASL, checked once; commands hand its plain results to stream/ and sinks/.
+        args.kafka = KafkaSecurity.from_args(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130

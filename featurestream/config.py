@@ -6,6 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
+from stream.auth import add_token_argument
+
+from . import kafka_security
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEFINITIONS = str(REPO_ROOT / "examples" / "transactions" / "features.py")
 
@@ -33,4 +37,6 @@ def common_parser() -> argparse.ArgumentParser:
         default=env("DATA_DIR", "data"),
         help="root of the Parquet datasets (env FEATURESTREAM_DATA_DIR; default ./data)",
     )
+    add_token_argument(parser)
+    kafka_security.add_arguments(parser)
     return parser

@@ -23,6 +23,7 @@ import pandas as pd
 from aggregations.definitions import Registry
 from aggregations.drift import DEFAULT_BINS, HELLINGER_THRESHOLD, PSI_THRESHOLD, FeatureDrift, compare_frames
 from aggregations.loading import load_registry
+from stream.auth import client_headers, resolve_token
 
 from .describe_cmd import load_file
 
@@ -94,13 +95,13 @@ def resolve_target(registry: Registry, vector: str | None, feature_set: str | No
     return Target("feature_set", feature_set, registry.feature_set(feature_set).feature_names())
 
 
-def fetch_sample(urls: list[str], target: Target, timeout: float) -> pd.DataFrame:
+def fetch_sample(urls: list[str], target: Target, timeout: float, headers: dict | None = None) -> pd.DataFrame:
     """The rows served lately by each worker, pooled; one-line errors for unreachable workers."""
     rows: list[dict] = []
     for base in urls:
         url = f"{base.rstrip('/')}/sample/{urllib.parse.quote(target.name, safe='')}?kind={target.kind}"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
                 rows.extend(json.loads(response.read())["rows"])
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")
@@ -133,7 +134,9 @@ def choose_features(target: Target, wanted: str | None, reference: pd.DataFrame,
 def compare(args, target: Target, reference: pd.DataFrame) -> tuple[list[FeatureDrift], int]:
     """One comparison; returns the results and the number of current rows."""
     urls = args.url or [os.environ.get("FEATURESTREAM_URL", DEFAULT_URL)]
-    current = load_file(args.current) if args.current else fetch_sample(urls, target, args.timeout)
+    current = load_file(args.current) if args.current else fetch_sample(
+        urls, target, args.timeout, client_headers(resolve_token(getattr(args, "auth_token_file", None)))
+    )
     features = choose_features(target, args.features, reference, current)
     if len(current) < args.min_rows:
         source = args.current or f"the workers' sample of {target.name!r}"

@@ -36,7 +36,8 @@ def run(args) -> int:
     fs = load_registry(args.definitions).feature_set(args.feature_set)
     events = sample_events(args.count, users=args.users, seed=args.seed, span_ms=args.span)
     key = fs.entity_names[0]
-    producer = KafkaProducer(bootstrap_servers=args.broker.split(","), linger_ms=20, acks="all")
+    security = args.kafka.client_config() if getattr(args, "kafka", None) else {}
+    producer = KafkaProducer(bootstrap_servers=args.broker.split(","), linger_ms=20, acks="all", **security)
     for row in events.to_dict("records"):
         payload = {"user_id": row["user_id"], "ts": int(row["ts"]), "amount": float(row["amount"])}
         producer.send(fs.source, key=str(row[key]).encode(), value=json.dumps(payload).encode())

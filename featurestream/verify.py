@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stream.auth import client_headers, resolve_token
+
 from .config import env
 
 EXACT_OPS = frozenset({"count", "count_distinct", "min", "max", "first", "last"})
@@ -175,16 +177,17 @@ def compare_frames(
 class Offsets:
     """End offsets of a topic and committed offsets of consumer groups (kafka-python)."""
 
-    def __init__(self, broker: str):
+    def __init__(self, broker: str, kafka_config: dict | None = None):
         from kafka import KafkaAdminClient, KafkaConsumer
 
         self.broker = broker
-        self.admin = KafkaAdminClient(bootstrap_servers=broker, client_id="featurestream-verify")
+        self.admin = KafkaAdminClient(bootstrap_servers=broker, client_id="featurestream-verify", **(kafka_config or {}))
         self.consumer = KafkaConsumer(
             bootstrap_servers=broker,
             client_id="featurestream-verify",
             enable_auto_commit=False,
             group_id=None,
+            **(kafka_config or {}),
         )
 
     def close(self) -> None:
@@ -267,7 +270,9 @@ def entity_of_record(fs, key: bytes | None, value: bytes | None) -> set[str]:
 # --- online reads ---------------------------------------------------------------------------------------
 
 
-def read_online(url: str, set_name: str, entity: str, features: list[str], timeout: float) -> dict:
+def read_online(
+    url: str, set_name: str, entity: str, features: list[str], timeout: float, headers: dict | None = None
+) -> dict:
     path = "/features/{}/{}".format(
         urllib.parse.quote(set_name, safe=""), urllib.parse.quote(entity, safe="")
     )
@@ -275,7 +280,8 @@ def read_online(url: str, set_name: str, entity: str, features: list[str], timeo
     last: Exception | None = None
     for attempt in range(5):
         try:
-            with urllib.request.urlopen(url.rstrip("/") + path + query, timeout=timeout) as response:
+            request = urllib.request.Request(url.rstrip("/") + path + query, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             if exc.code < 500:
@@ -312,6 +318,8 @@ class Options:
     abs_tol: float = 1e-9
     http_timeout: float = 10.0
     concurrency: int = 8
+    http_headers: dict = field(default_factory=dict)  # the worker's bearer token (stream.auth)
+    kafka_config: dict = field(default_factory=dict)  # kafka-python TLS/SASL arguments
 
 
 def _lag(end: dict, committed: dict) -> dict[int, int]:
@@ -371,7 +379,7 @@ def verify_set(opts: Options, offsets: Offsets, set_name: str) -> dict:
     ops = {f.name: f.op for f in fs.plan.features}
     with ThreadPoolExecutor(max(1, opts.concurrency)) as pool:
         bodies = list(
-            pool.map(lambda k: read_online(opts.url, set_name, k, names, opts.http_timeout), sampled)
+            pool.map(lambda k: read_online(opts.url, set_name, k, names, opts.http_timeout, opts.http_headers), sampled)
         )
     online = {b["entity"]: b["features"] for b in bodies}
     offline: dict[str, dict] = {}
@@ -410,7 +418,7 @@ def verify_set(opts: Options, offsets: Offsets, set_name: str) -> dict:
 
 
 def run_once(opts: Options) -> dict:
-    offsets = Offsets(opts.broker)
+    offsets = Offsets(opts.broker, opts.kafka_config)
     try:
         sets = [verify_set(opts, offsets, name) for name in opts.sets]
     finally:
@@ -591,6 +599,8 @@ def options_from_args(args) -> Options:
         wait_caught_up=args.wait_caught_up,
         rel_tol=args.rel_tol,
         abs_tol=args.abs_tol,
+        http_headers=client_headers(resolve_token(getattr(args, "auth_token_file", None))),
+        kafka_config=args.kafka.client_config() if getattr(args, "kafka", None) else {},
     )
 
 

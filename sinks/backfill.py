@@ -87,10 +87,12 @@ def backfill(
     max_future: str = "1h",
     max_poll_records: int = 10_000,
     stop_after_flushes: int | None = None,
+    client_config: dict | None = None,
 ) -> BackfillStats:
     """Replay ``topic`` (default ``fs.source``) into the dataset of ``fs``; see the module docstring.
 
     ``stop_after_flushes`` (tests) returns early after that many flushes, as if interrupted.
+    ``client_config``: extra kafka-python arguments (TLS/SASL).
     """
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
@@ -112,6 +114,7 @@ def backfill(
         max_partition_fetch_bytes=16 << 20,
         fetch_min_bytes=1 << 20,
         fetch_max_wait_ms=100,
+        **dict(client_config or {}),
     )
     try:
         ids = _partitions(consumer, topic)
@@ -128,7 +131,7 @@ def backfill(
             first = _starts(consumer, tps, kind, value, begins, ends)
             stop = {tp.partition: ends[tp] for tp in tps}
             if until_sink:
-                committed = _committed(bootstrap, sink_group or default_group(fs), topic)
+                committed = _committed(bootstrap, sink_group or default_group(fs), topic, client_config)
                 for p, offset in committed.items():
                     if p in stop:
                         stop[p] = min(stop[p], offset)
@@ -233,11 +236,13 @@ def _starts(consumer, tps, kind, value, begins, ends) -> dict[int, int]:
     return {tp.partition: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+def _committed(bootstrap: str, group: str, topic: str, client_config: dict | None = None) -> dict[int, int]:
     """The live sink group's committed offsets of ``topic`` (empty if it never committed)."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="featurestream-backfill")
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap.split(","), client_id="featurestream-backfill", **dict(client_config or {})
+    )
     try:
         offsets = admin.list_group_offsets({group: None}).get(group, {})
     finally:

@@ -77,12 +77,13 @@ def bootstrap(
     sink_group: str | None = None,
     partitions: int | None = None,
     progress: bool = True,
+    client_config: dict | None = None,
 ) -> BootstrapStats:
     """Rebuild ``fs``'s online state from ``store`` and produce it to its changelog (see the module docstring).
 
     ``topic``: the source topic (default: the dataset's claimed topic). ``now``: the time state is
     expired at (default: the wall clock). ``partitions``: entity-hash partitions of the work (default:
-    from the data size). Raises ``BootstrapRefused`` (nothing written) when a check fails and not ``force``.
+    from the data size). ``client_config``: extra kafka-python arguments (TLS/SASL). Raises ``BootstrapRefused`` (nothing written) when a check fails and not ``force``.
     """
     from kafka import KafkaAdminClient, KafkaProducer
     from tqdm import tqdm
@@ -93,7 +94,8 @@ def bootstrap(
     source = topic or dataset_topic(fs, store)
     changelog = changelog_topic(fs, app_id)
     stats = BootstrapStats(topic=changelog)
-    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="featurestream-bootstrap")
+    security = dict(client_config or {})
+    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="featurestream-bootstrap", **security)
     try:
         n_source = _partition_count(admin, source)
         if n_source is None:
@@ -103,7 +105,7 @@ def bootstrap(
             raise BootstrapRefused(
                 f"changelog {changelog!r} has {n_changelog} partitions, source {source!r} has {n_source}"
             )
-        elif n_changelog is not None and not force and _holds_records(servers, changelog, n_changelog):
+        elif n_changelog is not None and not force and _holds_records(servers, changelog, n_changelog, security):
             raise BootstrapRefused(
                 f"changelog {changelog!r} already holds state of feature set {fs.name!r} (definition "
                 f"{fs.fingerprint()}): a worker built it, or an earlier bootstrap did. Use --force to write on "
@@ -121,7 +123,7 @@ def bootstrap(
                disable=not progress, file=sys.stderr, leave=False)  # fmt: skip
     producer = KafkaProducer(
         bootstrap_servers=servers, acks="all", linger_ms=50, batch_size=1 << 20,
-        max_request_size=16 << 20, client_id="featurestream-bootstrap",
+        max_request_size=16 << 20, client_id="featurestream-bootstrap", **security,
     )  # fmt: skip
     errors: list[BaseException] = []
     try:
@@ -192,13 +194,14 @@ def _create_changelog(admin, topic: str, partitions: int) -> None:
     admin.wait_for_topics([topic], timeout_ms=30_000)
 
 
-def _holds_records(servers: list[str], topic: str, partitions: int) -> bool:
+def _holds_records(servers: list[str], topic: str, partitions: int, security: dict | None = None) -> bool:
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
     consumer = KafkaConsumer(
-        bootstrap_servers=servers, enable_auto_commit=False, client_id="featurestream-bootstrap"
-    )
+        bootstrap_servers=servers, enable_auto_commit=False, client_id="featurestream-bootstrap",
+        **dict(security or {}),
+    )  # fmt: skip
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)

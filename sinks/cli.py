@@ -217,6 +217,12 @@ def add_maintenance_commands(subparsers, common) -> None:
     s.set_defaults(func=run_bootstrap)
 
 
+def _kafka_config(args) -> dict:
+    """kafka-python TLS/SASL arguments the CLI parsed (``args.kafka``: featurestream.kafka_security)."""
+    kafka = getattr(args, "kafka", None)
+    return kafka.client_config() if kafka is not None else {}
+
+
 def _sets(args):
     registry = load_registry(args.definitions)
     return [registry.feature_set(n) for n in (args.feature_sets or list(registry.feature_sets))]
@@ -264,6 +270,7 @@ def run_backfill(args) -> int:
         sink_group=args.sink_group,
         flush_events=args.flush_events,
         progress=not args.no_progress,
+        client_config=_kafka_config(args),
     )
     print(f"backfill {fs.name}: {stats.summary()}")
     return 0
@@ -286,6 +293,7 @@ def run_bootstrap(args) -> int:
             sink_group=args.sink_group,
             partitions=args.partitions,
             progress=not args.no_progress,
+            client_config=_kafka_config(args),
         )
     except BootstrapRefused as exc:
         print(f"featurestream bootstrap: refused: {exc}", file=sys.stderr)
@@ -322,6 +330,7 @@ def run_sink(args) -> int:
             topic=args.topic,
             flush_events=args.flush_events,
             flush_seconds=args.flush_seconds,
+            consumer_config=_kafka_config(args),
         )
         for fs in sets
     ]

@@ -20,7 +20,7 @@ from aggregations.definitions import Registry
 from aggregations.naming import DEFAULT_APP_ID, table_name
 from aggregations.schema import DEFAULT_MAX_FUTURE
 
-from . import faust_fixes
+from . import auth, faust_fixes
 from .agent import DEFAULT_BATCH_MAX, FeatureSetAgent
 from .metrics import WorkerMetrics
 from .reading import FeatureReader
@@ -55,6 +55,9 @@ def create_app(
     batch_max: int = DEFAULT_BATCH_MAX,
     standby_replicas: int = 1,
     session_timeout_s: float = 45.0,
+    broker_credentials=None,
+    kafka_client_config: Mapping | None = None,
+    auth_token: str | None = None,
     allow_partial_state: bool = False,
 ) -> faust.App:
     """A Faust app serving every FeatureSet of ``registry`` (the worker runs it).
@@ -67,12 +70,17 @@ def create_app(
     (kill -9) before its partitions move: the restart of a killed worker waits that long too.
     ``allow_partial_state``: start a changed feature set on empty state even though the group already
     consumed its source (``versions.check_versions`` refuses that by default; run bootstrap instead).
+    ``broker_credentials`` (a ``faust.SSLCredentials``/``SASLCredentials``) and ``kafka_client_config``
+    (kafka-python arguments for the topic setup) carry Kafka TLS/SASL. ``auth_token``: HTTP bearer token
+    required on every route but /health and /metrics (``stream.auth``).
     The returned app carries its ``ServingContext`` as ``app.featurestream``.
     """
     faust_fixes.apply()
     sets = list(registry.feature_sets.values())
     if topics is None:
-        topics = resolve_topics(broker, sets, prefix=topic_prefix, partitions=partitions)
+        topics = resolve_topics(
+            broker, sets, prefix=topic_prefix, partitions=partitions, client_config=kafka_client_config
+        )
         sources = {name: t.source for name, t in topics.items()}
         guard_versions(bootstrap_servers(broker), sets, sources, app_id, allow_partial_state)
     worker_id = worker_id or default_worker_id()
@@ -82,6 +90,7 @@ def create_app(
         app_id,
         broker=[f"kafka://{server}" for server in bootstrap_servers(broker)],
         broker_client_id=f"featurestream-{worker_id}",
+        broker_credentials=broker_credentials,
         store="rocksdb://",
         datadir=str(state_dir),
         topic_partitions=first.partitions,
@@ -124,5 +133,6 @@ def create_app(
         registry, tables, readers, metrics, worker_id, extra={"agents": agents, "topics": topics}
     )
     register_views(app, ctx)
+    auth.install(app, auth_token)  # inside the HTTP metrics middleware: refused requests are counted
     app.featurestream = ctx
     return app

@@ -13,6 +13,7 @@ import urllib.request
 from aggregations.durations import parse_duration
 from aggregations.schema import DEFAULT_MAX_FUTURE
 
+from .auth import add_token_argument, client_headers, resolve_token
 from .topics import DEFAULT_PARTITIONS
 
 
@@ -128,6 +129,7 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--features", default=None, help="comma-separated feature names (default: all)")
     g.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    add_token_argument(g)
     g.set_defaults(func=run_get)
 
 
@@ -140,6 +142,8 @@ def run_worker(args: argparse.Namespace) -> int:
     from .app import create_app
 
     parse_duration(args.max_future)  # a malformed bound fails here, with a clear message
+    auth_token = resolve_token(getattr(args, "auth_token_file", None))
+    kafka = getattr(args, "kafka", None)  # featurestream.kafka_security.KafkaSecurity (TLS/SASL), set by the CLI
     registry = load_registry(args.definitions)
     app = create_app(
         registry,
@@ -155,6 +159,9 @@ def run_worker(args: argparse.Namespace) -> int:
         web_bind=args.web_bind,
         batch_max=args.batch_max,
         session_timeout_s=args.session_timeout,
+        broker_credentials=kafka.faust_credentials() if kafka else None,
+        kafka_client_config=kafka.client_config() if kafka else None,
+        auth_token=auth_token,
         allow_partial_state=args.allow_partial_state,
         standby_replicas=args.standby_replicas,
     )
@@ -192,7 +199,8 @@ def run_get(args: argparse.Namespace) -> int:
     query = f"?{urllib.parse.urlencode({'features': args.features})}" if args.features else ""
     url = args.url.rstrip("/") + path + query
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+        request = urllib.request.Request(url, headers=client_headers(resolve_token(args.auth_token_file)))
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")

@@ -21,6 +21,7 @@ from aggregations.kernel import read
 from aggregations.schema import entity_keys
 
 MAX_VECTOR_ENTITIES = 1000
+MAX_ENTITY_BYTES = 1024  # an entity key's UTF-8 bytes, in a path or a vector request
 
 
 class BadRequest(ValueError):
@@ -165,7 +166,11 @@ def vector_entity_keys(feature_set: FeatureSet, entities: list[dict]) -> list[st
     frame = pd.DataFrame({name: [e[name] for e in entities] for name in feature_set.entity_names})
     if not entities:
         return []
-    return entity_keys(feature_set, frame).tolist()
+    keys = entity_keys(feature_set, frame).tolist()
+    for i, key in enumerate(keys):
+        if len(key.encode("utf-8", "surrogatepass")) > MAX_ENTITY_BYTES:
+            raise BadRequest(f"entities[{i}]: entity key longer than {MAX_ENTITY_BYTES} bytes")
+    return keys
 
 
 def output_names(vector: FeatureVector, resolved: Mapping[str, list[str]]) -> dict[tuple[str, str], str]:

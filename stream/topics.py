@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from aggregations.definitions import FeatureSet
@@ -58,10 +58,12 @@ def resolve_topics(
     prefix: str = "",
     partitions: int = DEFAULT_PARTITIONS,
     timeout_s: float = 60.0,
+    client_config: Mapping | None = None,
 ) -> dict[str, SetTopics]:
     """Topics of every set, by set name; creates missing ones (sources with ``partitions`` partitions).
 
     Retries while the broker is unreachable, up to ``timeout_s``; then raises the last error.
+    ``client_config``: extra kafka-python arguments (TLS/SASL).
     """
     from kafka import KafkaAdminClient  # imported here: pure unit tests never need kafka-python
 
@@ -69,7 +71,9 @@ def resolve_topics(
     while True:
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap_servers(broker), client_id="featurestream-worker-setup"
+                bootstrap_servers=bootstrap_servers(broker),
+                client_id="featurestream-worker-setup",
+                **dict(client_config or {}),
             )
             break
         except Exception as exc:

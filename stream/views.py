@@ -12,6 +12,8 @@
 * ``GET /metrics`` -> Prometheus text exposition.
 * ``GET /sample/{name}`` -> the last rows served for a vector or set (``served_sample``; drift monitoring).
 
+Bearer-token access control and request limits: ``stream.auth`` (a middleware; forwarded calls carry the token).
+
 The table key is the entity key's UTF-8 bytes (composite keys: parts joined by U+001F).
 """
 
@@ -29,6 +31,7 @@ from yarl import URL
 
 from aggregations.definitions import Registry
 
+from . import auth
 from .http_metrics import install_http_metrics
 from .metrics import WorkerMetrics
 from .reading import (
@@ -85,6 +88,8 @@ def register_views(app, ctx: ServingContext) -> None:
                 return self.json(await _vector_response(app, ctx, self, request, vector))
             except BadRequest as exc:
                 return self.json({"error": str(exc)}, status=400)
+            except auth.RequestTooLarge as exc:
+                return self.json({"error": str(exc)}, status=413)
             except _NotFound as exc:
                 return self.json({"error": str(exc)}, status=404)
             except _Unavailable as exc:
@@ -144,7 +149,7 @@ def _is_local(app, table, key: str) -> bool:
 
 
 async def _vector_response(app, ctx: ServingContext, view: View, request, vector_name: str) -> dict:
-    entities = parse_vector_request(await view.read_request_content(request))
+    entities = parse_vector_request(await auth.read_body(request))
     vector = ctx.registry.vectors.get(vector_name)
     if vector is None:
         known = ", ".join(sorted(ctx.registry.vectors)) or "none"
@@ -183,7 +188,7 @@ async def _remote_features(app, table, fs, key: str, features: list[str], entity
     url = owner.with_path(f"/features/{fs.name}/{quote(key, safe='')}", encoded=True).with_query(
         {"features": ",".join(features), **{k: str(v) for k, v in inputs.items()}}
     )
-    async with app.http_client.get(url) as response:
+    async with app.http_client.get(url, headers=auth.outgoing_headers(app)) as response:
         if response.status != 200:
             raise _Unavailable(f"owner {owner} of {fs.name}/{key} answered HTTP {response.status}")
         body = await response.json()

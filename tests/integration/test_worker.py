@@ -25,6 +25,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from aggregations.loading import load_registry
+from stream.auth import TOKEN_ENV, client_headers
 from stream.envelope import open_envelope
 from tests import oracle
 
@@ -46,8 +47,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict | str]:
-    request = urllib.request.Request(url, data=body, method=method)
+def http(method: str, url: str, body: bytes | None = None, token: str | None = None) -> tuple[int, dict | str]:
+    """One request; sends the bearer token of env FEATURESTREAM_AUTH_TOKEN (workers started meanwhile
+    inherit it) unless ``token`` is given ("" sends none)."""
+    token = os.environ.get(TOKEN_ENV) if token is None else token
+    request = urllib.request.Request(url, data=body, method=method, headers=client_headers(token))
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             status, raw, ctype = response.status, response.read(), response.headers.get("Content-Type", "")
@@ -300,6 +304,20 @@ def test_vectors(run):
     assert http("POST", f"{worker.url}/vectors/fraud", too_many)[0] == 400
 
 
+def test_entity_ids_are_keys_never_paths_and_requests_are_bounded(run):
+    """An entity id that looks like a path is just an unknown entity; long ids and big bodies are refused."""
+    worker = run["worker"]
+    for entity in ("..%2F..%2Fetc", "..%2F..%2F..%2Fetc%2Fpasswd", "%00"):
+        status, body = http("GET", f"{worker.url}/features/transactions/{entity}?features=amount_count_1h")
+        assert status == 200 and body["features"] == {"amount_count_1h": 0}, (entity, body)
+    assert http("GET", f"{worker.url}/features/transactions/{'x' * 1025}")[0] == 400
+    assert http("GET", f"{worker.url}/features/transactions/{'x' * 1024}")[0] == 200
+    status, body = http("POST", f"{worker.url}/vectors/fraud", b" " * ((1 << 20) + 1))
+    assert status == 413 and "limit" in body["error"]
+    status, body = http("POST", f"{worker.url}/vectors/fraud", json.dumps({"entities": [{"user_id": "y" * 1025}]}).encode())
+    assert status == 400 and "1024 bytes" in body["error"]
+
+
 def test_malformed_events_are_dead_lettered_and_the_stream_goes_on(run):
     worker, events, users = run["worker"], run["events"], run["users"]
     user = users[1]
@@ -423,9 +441,13 @@ def test_lost_state_dir_is_rebuilt_from_the_changelog(run, tmp_path):
         worker.start()
 
 
-def test_two_workers_share_partitions_lose_nothing_on_handover_and_route_reads(kafka_bootstrap, tmp_path):
+def test_two_workers_share_partitions_lose_nothing_on_handover_and_route_reads(
+    kafka_bootstrap, tmp_path, monkeypatch
+):
     """A second worker joins while the first is mid-stream on a fresh group: partitions move (with events
-    fetched but not yet applied), every event still counts once, and either worker answers for any key."""
+    fetched but not yet applied), every event still counts once, and either worker answers for any key.
+    Both require a bearer token (env FEATURESTREAM_AUTH_TOKEN): routed requests carry it."""
+    monkeypatch.setenv(TOKEN_ENV, f"pair-token-{uuid.uuid4().hex}")
     run_id = uuid.uuid4().hex[:8]
     prefix, app_id = f"pair-{run_id}-", f"fs-pair-{run_id}"
     topic = f"{prefix}{TX.source}"

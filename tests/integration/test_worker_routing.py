@@ -7,6 +7,7 @@ import uuid
 import pytest
 from kafka import KafkaAdminClient
 
+from stream.auth import TOKEN_ENV
 from tests.integration.test_worker import TX, Events, Worker, assert_oracle, http, make_events, wait_caught_up
 
 pytestmark = pytest.mark.integration
@@ -15,7 +16,11 @@ USERS = 300
 EVENTS = 6_000
 
 
-def test_three_workers_route_every_key_to_its_owner(kafka_bootstrap, tmp_path):
+def test_three_workers_route_every_key_to_its_owner(kafka_bootstrap, tmp_path, monkeypatch):
+    # With a bearer token on (env FEATURESTREAM_AUTH_TOKEN, inherited by the workers; ``http`` sends it):
+    # table_route proxies the caller's header, POST /vectors adds it to the GETs it sends to owners.
+    token = f"trio-token-{uuid.uuid4().hex}"
+    monkeypatch.setenv(TOKEN_ENV, token)
     run_id = uuid.uuid4().hex[:8]
     prefix, app_id = f"trio-{run_id}-", f"fs-trio-{run_id}"
     topic = f"{prefix}{TX.source}"
@@ -51,6 +56,14 @@ def test_three_workers_route_every_key_to_its_owner(kafka_bootstrap, tmp_path):
         got = [r["features"]["amount_avg_90d"] for r in reply["results"]]
         expected = [bodies[u]["features"]["amount_avg_90d"] for u in users[:30]]
         assert got == pytest.approx(expected, rel=1e-12)
+        # Without the token (or with a wrong one) only /health and /metrics answer.
+        for wrong in ("", "not-" + token):
+            status, reply = http("GET", f"{workers[1].url}/features/transactions/{users[0]}", token=wrong)
+            assert status == 401 and "bearer token" in reply["error"], reply
+            assert http("POST", f"{workers[1].url}/vectors/fraud", body, token=wrong)[0] == 401
+            assert http("GET", f"{workers[1].url}/sample/fraud", token=wrong)[0] == 401
+        assert http("GET", f"{workers[1].url}/health", token="")[0] == 200
+        assert http("GET", f"{workers[1].url}/metrics", token="")[0] == 200
     finally:
         for worker in workers:
             worker.stop()
