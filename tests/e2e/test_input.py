@@ -153,11 +153,16 @@ def test_poison_input_goes_to_the_dead_letter_and_late_topics(kafka_bootstrap, t
         sink.stop()
 
 
-def test_one_mib_poison_payloads_are_dead_lettered(kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("dlq_room", [True, False], ids=["dlq-8MiB", "dlq-default"])
+def test_one_mib_poison_payloads_are_dead_lettered(kafka_bootstrap, tmp_path, fault_table, dlq_room):
+    """1 MiB bad records: dead-lettered with their reason whether or not the DLQ topic takes the payload
+    (without room the envelope goes without it); the worker keeps running and the next event counts."""
+    started = time.monotonic()
     prefix, app_id, _ = unique_names("huge")
     topic = f"{prefix}transactions"
     create_topic(kafka_bootstrap, topic, 1, BIG_TOPIC)
-    create_topic(kafka_bootstrap, f"{topic}.dlq", 1, BIG_TOPIC)  # the broker side is not the limit here
+    if dlq_room:
+        create_topic(kafka_bootstrap, f"{topic}.dlq", 1, BIG_TOPIC)
     bad = huge_poison(now_ms())
     after = event("h1", now_ms() - 1000, 4.0)
     producer = Producer(kafka_bootstrap, topic)
@@ -170,15 +175,27 @@ def test_one_mib_poison_payloads_are_dead_lettered(kafka_bootstrap, tmp_path):
         wait_for(lambda: not worker.alive() or worker.metric("featurestream_events_consumed_total") >= 3,
                  "the worker consuming the 1 MiB records", timeout=60, detail=worker.log_tail)  # fmt: skip
         assert worker.alive(), f"the worker stopped on a 1 MiB poison record:\n{worker.log_tail(8)}"
-        dead = [open_envelope(r.value) for r in read_topic(kafka_bootstrap, f"{topic}.dlq", len(bad), timeout=20)]
-        assert sorted(d["offset"] for d in dead) == sorted(e.offset for e in bad)
-        assert compare_online(worker, [after]).mismatched == 0
+        dead = [open_envelope(r.value) for r in read_topic(kafka_bootstrap, f"{topic}.dlq", len(bad), timeout=30)]
+        outcome = compare_online(worker, [after])
+        by_offset = {d["offset"]: d for d in dead}
+        outcome.mismatched += len(set(by_offset) ^ {e.offset for e in bad})
+        for e in bad:
+            d = by_offset.get(e.offset)
+            kept = d is not None and d["payload"] == e.payload
+            if d is None or e.reason not in d["reason"] or (dlq_room and not kept) or d["payload"] not in (
+                e.payload, None
+            ):  # type: ignore[attr-defined]
+                outcome.mismatched += 1
+        room = "8 MiB DLQ topic" if dlq_room else "default DLQ topic, payload dropped"
+        fault_table.add(f"1 MiB poison payloads ({room})", len(bad) + 1, outcome, time.monotonic() - started)
+        assert (outcome.lost, outcome.duplicated, outcome.mismatched) == (0, 0, 0), (outcome.examples, dead)
     finally:
         producer.close()
         worker.stop()
 
 
-def test_empty_kafka_key_is_dead_lettered_or_served(kafka_bootstrap, tmp_path):
+def test_empty_kafka_key_is_dead_lettered_or_served(kafka_bootstrap, tmp_path, fault_table):
+    started = time.monotonic()
     prefix, app_id, _ = unique_names("key")
     topic = f"{prefix}transactions"
     create_topic(kafka_bootstrap, topic, 3)
@@ -200,9 +217,11 @@ def test_empty_kafka_key_is_dead_lettered_or_served(kafka_bootstrap, tmp_path):
         dead = read_topic(kafka_bootstrap, f"{topic}.dlq", 1, timeout=5)
         if dead:  # dead-lettered with a reason: the rest must be exactly the keyed events
             assert open_envelope(dead[0].value)["offset"] == empty.offset
-            assert compare_online(worker, keyed, wait=False).mismatched == 0
-        else:  # applied: then it must be readable
-            assert compare_online(worker, [*keyed, empty], wait=False).lost == 0
+            outcome = compare_online(worker, keyed)
+        else:  # applied: then it must be readable, in the entity's state
+            outcome = compare_online(worker, [*keyed, empty])
+        fault_table.add("valid event, empty Kafka key, another partition", 3, outcome, time.monotonic() - started)
+        assert (outcome.lost, outcome.duplicated, outcome.mismatched) == (0, 0, 0), outcome.examples
     finally:
         producer.close()
         worker.stop()
