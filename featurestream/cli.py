@@ -1,4 +1,4 @@
-"""The ``featurestream`` command: worker, sink, produce, training-set, get, preview, describe, drift, verify."""
+"""The ``featurestream`` command: worker, sink, produce, training-set, get, preview, describe, drift, verify, plan."""
 
 from __future__ import annotations
 

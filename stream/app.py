@@ -82,7 +82,9 @@ def create_app(
             broker, sets, prefix=topic_prefix, partitions=partitions, client_config=kafka_client_config
         )
         sources = {name: t.source for name, t in topics.items()}
-        guard_versions(bootstrap_servers(broker), sets, sources, app_id, allow_partial_state)
+        guard_versions(
+            bootstrap_servers(broker), sets, sources, app_id, allow_partial_state, kafka_client_config
+        )
     worker_id = worker_id or default_worker_id()
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     first = topics[sets[0].name]

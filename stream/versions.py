@@ -164,13 +164,20 @@ def guard_versions(
     sources: Mapping[str, str],
     app_id: str,
     allow_partial: bool = False,
+    client_config: Mapping | None = None,
 ) -> list[SetVersion]:
-    """The worker's startup check (``check_versions``), then the record of the definitions it runs."""
+    """The worker's startup check (``check_versions``), then the record of the definitions it runs.
+
+    ``client_config``: extra kafka-python arguments (TLS/SASL)."""
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-    admin = KafkaAdminClient(bootstrap_servers=broker_servers, client_id="featurestream-versions")
+    extra = dict(client_config or {})
+    admin = KafkaAdminClient(bootstrap_servers=broker_servers, client_id="featurestream-versions", **extra)
     consumer = KafkaConsumer(
-        bootstrap_servers=broker_servers, enable_auto_commit=False, client_id="featurestream-versions"
+        bootstrap_servers=broker_servers,
+        enable_auto_commit=False,
+        client_id="featurestream-versions",
+        **extra,
     )
     try:
         statuses = inspect_versions(admin, consumer, feature_sets, sources, app_id)
@@ -191,7 +198,7 @@ def guard_versions(
     finally:
         consumer.close()
         admin.close()
-    producer = KafkaProducer(bootstrap_servers=broker_servers, client_id="featurestream-versions")
+    producer = KafkaProducer(bootstrap_servers=broker_servers, client_id="featurestream-versions", **extra)
     try:
         record_definitions(producer, feature_sets, app_id)
     finally:
