@@ -69,13 +69,24 @@ class FeatureReader:
         """
         names = self.check_features(features)
         n = len(blobs)
-        levels, _ = self.codec.decode_many(list(blobs))
-        values = read(self.plan, levels, np.arange(n, dtype=np.int64), np.full(n, at_ms, dtype=np.int64))
+        if n and all(b is None for b in blobs):
+            values = self._empty_values(n)  # unknown entities: no kernel call per request
+        else:
+            levels, _ = self.codec.decode_many(list(blobs))
+            values = read(self.plan, levels, np.arange(n, dtype=np.int64), np.full(n, at_ms, dtype=np.int64))
         columns = {name: json_values(values[name]) for name in names if name in values}
         derived = [name for name in names if name in self.on_read]
         if derived:
             columns.update(self._on_read_columns(derived, values, request, n))
         return [{name: columns[name][i] for name in names} for i in range(n)]
+
+    def _empty_values(self, n: int) -> dict:
+        """Aggregated features of n entities without state (empty windows: the same at any time)."""
+        empty = self.__dict__.get("_empty")
+        if empty is None:
+            levels, _ = self.codec.decode_many([None])
+            empty = self._empty = read(self.plan, levels, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
+        return {name: np.repeat(column, n) for name, column in empty.items()}
 
     def _on_read_columns(
         self, derived: list[str], values: dict, request: pd.DataFrame | None, n: int

@@ -140,3 +140,17 @@ def test_create_app_wires_one_table_and_agent_per_set(tmp_path):
     assert paths.index("/features/transactions/{entity}") < paths.index("/features/{feature_set}/{entity}")
     assert {"/vectors/{vector}", "/health", "/metrics"} <= set(paths)
     assert isinstance(ctx.readers["transactions"].read([None], 0)[0], dict)
+
+
+def test_entities_without_state_read_empty_windows_at_any_time_like_the_kernel():
+    import numpy as np
+
+    from aggregations.kernel import read
+
+    reader = FeatureReader(TX)
+    levels, _ = reader.codec.decode_many([None])
+    for at in (0, 1_800_000_000_000):
+        kernel = read(TX.plan, levels, np.zeros(1, dtype=np.int64), np.full(1, at, dtype=np.int64))
+        want = {name: json_values(column)[0] for name, column in kernel.items()}
+        for got in reader.read([None, None], at):
+            assert {k: v for k, v in got.items() if k in want} == want
