@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kafka.errors import KafkaError
+
 from .config import common_parser
 from .kafka_security import KafkaSecurity
 
@@ -48,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"featurestream {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except (ConnectionError, KafkaError) as exc:
+        print(
+            f"featurestream {args.command}: error: {exc}; hint: is Kafka running at "
+            f"{getattr(args, 'broker', '?')}? (--broker or FEATURESTREAM_BROKER; `make kafka-start` starts a local one)",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

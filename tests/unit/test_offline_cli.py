@@ -134,3 +134,18 @@ def test_definitions_loaded_from_a_file_run_in_worker_processes(store, caplog):
         parallel = get_offline_features("fraud", rows, data_dir, registry=REGISTRY, partitions=3, workers=2)
     assert not caplog.records, [r.getMessage() for r in caplog.records]
     pd.testing.assert_frame_equal(alone, parallel)
+
+
+def test_an_unreachable_broker_is_one_line_with_a_hint_not_a_traceback(monkeypatch, capsys):
+    from kafka.errors import KafkaTimeoutError
+
+    import featurestream.produce
+
+    def unreachable(args):
+        raise KafkaTimeoutError("Unable to bootstrap from ['127.0.0.1:1']")
+
+    monkeypatch.setattr(featurestream.produce, "run", unreachable)
+    assert main(["produce", "--broker", "127.0.0.1:1"]) == 3
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "Unable to bootstrap" in err and "hint: is Kafka running at 127.0.0.1:1" in err
