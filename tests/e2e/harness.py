@@ -348,6 +348,7 @@ class Outcome:
         self.duplicated += other.duplicated
         self.mismatched += other.mismatched
         self.examples.extend(other.examples[:5])
+        del self.examples[40:]
 
 
 def compare_values(rows: list[dict], user: str, at: int, values: dict) -> Outcome:
@@ -360,6 +361,8 @@ def compare_values(rows: list[dict], user: str, at: int, values: dict) -> Outcom
                 out.examples.append((user, at, f.name, values.get(f.name), want[f.name]))
     got_n, want_n = values.get("amount_count_90d") or 0, want["amount_count_90d"]
     out.lost, out.duplicated = max(0, want_n - got_n), max(0, got_n - want_n)
+    if out.lost or out.duplicated:
+        out.examples.insert(0, ("count_90d", user, at, got_n, want_n))
     return out
 
 
@@ -415,6 +418,10 @@ def compare_online(worker: Worker, events: list[Sent], wait: bool = True) -> Out
     out = Outcome()
     for user, body in read_online(worker, list(groups)).items():
         out.add(compare_values(groups[user], user, body["at"], body["features"]))
+    if out.lost or out.duplicated:  # which source partitions the differing users live in
+        partitions = {e.user: e.partition for e in events}
+        out.examples.insert(0, ("partitions of differing users", sorted(
+            {partitions[x[1]] for x in out.examples if x and x[0] == "count_90d"})))
     return out
 
 
