@@ -41,6 +41,7 @@ FEATURES = list(TX.plan.features)
 NAMES = [f.name for f in FEATURES]
 LONG = os.environ.get("FEATURESTREAM_E2E_LONG", "").strip() not in ("", "0")
 TIMEOUT_S = 240.0 if LONG else 120.0
+CATCH_UP_S = 180.0 if LONG else 60.0  # a caught-up worker takes seconds; this is only the failure bound
 SESSION_TIMEOUT_S = "6"  # the broker's group.min.session.timeout.ms: a kill -9'd member leaves this fast
 DAY_MS, HOUR_MS = 86_400_000, 3_600_000
 
@@ -412,7 +413,7 @@ def compare_online(worker: Worker, events: list[Sent], wait: bool = True) -> Out
     waiting, up to the timeout, until the worker's counts cover every event)."""
     groups = by_user(events)
     if wait:
-        deadline = time.monotonic() + TIMEOUT_S
+        deadline = time.monotonic() + CATCH_UP_S
         while not online_counts_match(worker, groups) and time.monotonic() < deadline:
             time.sleep(0.5)
     out = Outcome()
