@@ -11,8 +11,10 @@ changelogs, standbys, offset commits.
 The contract with Faust's acking: a collected message is tracked (pending ack) when collected, and
 the handler acks it once its effects are in the table (Faust commits only acked offsets). A batch
 fetched in an older consumer generation, or while flow control is off (a rebalance is under way), is
-dropped unacked and untracked: the partition is sought back to its committed offset and its owner
-gets those messages again; per-entity applied offsets make any repeat a no-op.
+dropped unacked and untracked, and its partitions' read offsets are forgotten (else the messages
+fetched again would look delivered already): the rebalance seeks the partitions back to their
+committed offsets and whoever owns them gets those messages again; per-entity applied offsets make
+any repeat a no-op.
 """
 
 from __future__ import annotations
@@ -127,6 +129,11 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
                         topic,
                     )
                     untrack(self, messages)
+                    # Forget how far these partitions were read: the rebalance seeks them back to their
+                    # committed offsets, and the messages fetched again must not look already delivered
+                    # (the loop above may have moved the read offset past them after that seek).
+                    for tp in {m.tp for m in messages}:
+                        self._read_offset[tp] = None
                     continue
                 await wait_until_producer_ebb()
                 try:

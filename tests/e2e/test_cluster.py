@@ -82,13 +82,6 @@ def test_broker_stop_and_restart_while_producing_and_consuming(tmp_path, fault_t
         broker.stop(wipe=True)
 
 
-@pytest.mark.xfail(
-    strict=False,  # timing-dependent: fails in about half the runs, so a strict xfail would be flaky
-    reason="stream bug (stream/batch_drain.py): a batch fetched across a rebalance is dropped ('rebalance under "
-    "way: N fetched message(s) ... left for their owner') after set_read_offset() already advanced past it; "
-    "when this worker owns the partition in the new generation those events are never delivered (and later "
-    "acks can commit past them): events of a taken-over partition go missing",
-)
 def test_scale_1_to_3_to_1_and_standby_take_over(kafka_bootstrap, tmp_path, fault_table):
     n, rate = (24_000, 1_200) if LONG else (6_000, 600)
     prefix, app_id, _ = unique_names("scale")
