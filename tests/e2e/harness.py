@@ -463,6 +463,19 @@ def _py(v):
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
+def stored_within(data_dir: Path, n: int, timeout: float) -> bool:
+    """Whether the dataset holds at least n events within ``timeout`` seconds (no failure)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if len(dataset_offsets(data_dir)) >= n:
+                return True
+        except (FileNotFoundError, OSError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
 def wait_stored(data_dir: Path, n: int, detail=lambda: "") -> None:
     def enough() -> bool:
         try:

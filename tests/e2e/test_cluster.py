@@ -21,6 +21,7 @@ from .harness import (
     compare_online,
     create_topic,
     random_events,
+    stored_within,
     unique_names,
     wait_for,
     wait_stored,
@@ -54,7 +55,13 @@ def test_broker_stop_and_restart_while_producing_and_consuming(tmp_path, fault_t
         worker.start()
         sink.launch()
         feeder.start()
-        # A sink that cannot reach the broker at start-up exits (see the report); start it before the fault.
+        # A sink that cannot reach the broker at start-up exits; start it before the fault. On a fresh broker
+        # a new sink has also been seen to consume nothing for minutes (reported): relaunch it once, visibly.
+        note = ""
+        if not stored_within(tmp_path / "data", 1, 60):
+            sink.kill9()
+            sink.launch()
+            note = ", sink relaunched: stuck at start"
         sink.wait_writing()
         for _ in range(cycles):
             applying(worker)
@@ -70,7 +77,7 @@ def test_broker_stop_and_restart_while_producing_and_consuming(tmp_path, fault_t
         offline = compare_offline(tmp_path / "data", valid)
         both = online
         both.add(offline)
-        fault_table.add(f"broker stop/restart x{cycles} (online + dataset)", len(valid), both,
+        fault_table.add(f"broker stop/restart x{cycles} (online + dataset{note})", len(valid), both,
                         time.monotonic() - started)  # fmt: skip
         assert (online.lost, online.duplicated, online.mismatched) == (0, 0, 0), online.examples
         assert (offline.lost, offline.duplicated, offline.mismatched) == (0, 0, 0), offline.examples
