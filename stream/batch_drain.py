@@ -9,9 +9,9 @@ way. Faust keeps everything else: group membership, partition assignment, table 
 changelogs, standbys, offset commits.
 
 The contract with Faust's acking: a collected message is tracked (pending ack) when collected, and
-the handler acks it once its effects are in the table (Faust commits only acked offsets). A batch
-fetched in an older consumer generation, or while flow control is off (a rebalance is under way), is
-dropped unacked and untracked, and its partitions' read offsets are forgotten (else the messages
+the handler acks it once its effects are in the table (Faust commits only acked offsets). Messages
+fetched in an older consumer generation (each records its own), or all of a fetch while flow control
+is off (a rebalance is under way), are dropped unacked and untracked, and its partitions' read offsets are forgotten (else the messages
 fetched again would look delivered already): the rebalance seeks the partitions back to their
 committed offsets and whoever owns them gets those messages again; per-entity applied offsets make
 any repeat a no-op.
@@ -64,6 +64,30 @@ def untrack(consumer, messages: Sequence[Any]) -> None:
         message.tracked = False
 
 
+def _drop_stale(consumer, app, topic: str, messages: list) -> list:
+    """The messages of a fetch still to process: none while a rebalance is under way, else those fetched
+    in the current consumer generation (each message records its own; a fetch can straddle a rebalance).
+
+    Dropped messages are untracked and their partitions' read offsets forgotten: the rebalance seeks the
+    partitions back to their committed offsets, and the messages fetched again must not look delivered.
+    """
+    if app.flow_control.is_active():
+        current = app.consumer_generation_id
+        stale = [m for m in messages if m.generation_id != current]
+    else:
+        stale = messages
+    if not stale:
+        return messages
+    log.info("rebalance: %d fetched message(s) of %s left for their owner", len(stale), topic)
+    untrack(consumer, stale)
+    for tp in {m.tp for m in stale}:
+        consumer._read_offset[tp] = None
+    if len(stale) == len(messages):
+        return []
+    keep = {id(m) for m in stale}
+    return [m for m in messages if id(m) not in keep]
+
+
 async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised by the worker tests
     """Faust 0.15.3's loop, except that registered topics' messages are delivered per fetch, batched."""
     from faust.transport.consumer import CONSUMER_FETCHING
@@ -90,7 +114,6 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
         while not (consumer_should_stop() or fetcher_should_stop()):
             handlers = handlers_of(app)
             set_flag(CONSUMER_FETCHING)
-            generation = app.consumer_generation_id
             batches: dict[str, list] = {}
             ait = getmany(timeout=1.0)
             await self.sleep(0)
@@ -122,18 +145,8 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
                     set_read_offset(tp, offset)
                 unset_flag(CONSUMER_FETCHING)
             for topic, messages in batches.items():
-                if not app.flow_control.is_active() or app.consumer_generation_id != generation:
-                    log.info(
-                        "rebalance under way: %d fetched message(s) of %s left for their owner",
-                        len(messages),
-                        topic,
-                    )
-                    untrack(self, messages)
-                    # Forget how far these partitions were read: the rebalance seeks them back to their
-                    # committed offsets, and the messages fetched again must not look already delivered
-                    # (the loop above may have moved the read offset past them after that seek).
-                    for tp in {m.tp for m in messages}:
-                        self._read_offset[tp] = None
+                messages = _drop_stale(self, app, topic, messages)
+                if not messages:
                     continue
                 await wait_until_producer_ebb()
                 try:

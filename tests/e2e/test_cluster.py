@@ -89,14 +89,6 @@ def test_broker_stop_and_restart_while_producing_and_consuming(tmp_path, fault_t
         broker.stop(wipe=True)
 
 
-@pytest.mark.xfail(
-    strict=False,  # timing-dependent (lost events in 2 of 2 runs after 1d8de9b), so a strict xfail would be flaky
-    reason="stream bug (stream/batch_drain.py), not fully fixed by 1d8de9b: a batch fetched in the old "
-    "generation but returned after the new assignment's seek is dropped ('rebalance under way: N fetched "
-    "message(s) ... left for their owner'); forgetting the read offset does not help because nothing seeks "
-    "back: the consumer's fetch position is already past the dropped messages, so a worker that keeps the "
-    "partition never gets them again (seen on scale 3 -> 1: 43-72 events missing online after 60 s)",
-)
 def test_scale_1_to_3_to_1_and_standby_take_over(kafka_bootstrap, tmp_path, fault_table):
     n, rate = (24_000, 1_200) if LONG else (6_000, 600)
     prefix, app_id, _ = unique_names("scale")
