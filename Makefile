@@ -8,7 +8,7 @@ KAFKA := deploy/kafka
 # python3.11 if it really runs (a pyenv shim may exist without the version), else python3.
 PYTHON ?= $(shell for p in python3.11 python3; do $$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: help venv kafka-fetch kafka-start kafka-stop lint test demo clean
+.PHONY: help venv kafka-fetch kafka-start kafka-stop lint test faults-long peers demo clean
 
 help:
 	@echo "make venv         create $(VENV) from requirements.lock and install the package (editable, --no-deps)"
@@ -17,6 +17,8 @@ help:
 	@echo "make kafka-stop   stop it (KAFKA_PORT as for start)"
 	@echo "make lint         ruff + import-linter contracts"
 	@echo "make test         lint, then pytest (the tests start their own broker)"
+	@echo "make faults-long  the fault suite (tests/e2e) in long mode: more events and kills"
+	@echo "make peers        benchmarks/peers: Quix Streams, Feast, storey, pandas side by side (not in test)"
 	@echo "make demo         run deploy/demo.sh"
 	@echo "make clean        stop brokers under .run/ and delete .run/"
 
@@ -60,3 +62,6 @@ clean:
 	done
 	rm -rf .run
 peers: ; benchmarks/peers/run.sh $(PEERS_ARGS)
+
+faults-long: venv kafka-fetch
+	FEATURESTREAM_E2E_LONG=1 $(VENV)/bin/pytest -q tests/e2e
