@@ -133,6 +133,23 @@ class ParquetSink:
         """Ask ``run`` to flush, commit and return (thread-safe, e.g. from a signal handler)."""
         self._stop.set()
 
+    connect_retry_s = 1.0
+
+    def _connect(self, consumer_class, config: dict, timeout_s: float):
+        """A consumer once the broker answers: retried (with a warning each second) for ``timeout_s``, as the
+        worker does, so a sink started a moment before its broker does not exit."""
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return consumer_class(**config)
+            except KafkaError as exc:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise
+                log.warning("sink %s: waiting for Kafka at %s: %s", self.fs.name, self.bootstrap, exc)
+                self._stop.wait(self.connect_retry_s)
+
     def run(self, once: bool = False, assignment_timeout_s: float = 60.0) -> SinkStats:
         """Consume until ``stop()`` (or, with ``once``, until the end of the topic as of assignment)."""
         from kafka import KafkaConsumer
@@ -152,7 +169,7 @@ class ParquetSink:
             "heartbeat_interval_ms": 2_000,
         }
         config.update(self.consumer_config)
-        consumer = KafkaConsumer(**config)
+        consumer = self._connect(KafkaConsumer, config, assignment_timeout_s)
         started = time.monotonic()
         last_flush = started
         end_offsets: dict | None = None

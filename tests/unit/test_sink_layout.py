@@ -166,3 +166,31 @@ def test_a_dataset_belongs_to_one_topic(tmp_path):
     with pytest.raises(ValueError, match="holds events of topic 'payments'"):
         claim_source(root, "other")
     assert layout.list_parts(root) == []
+
+
+def test_a_sink_waits_for_a_broker_that_is_not_up_yet_then_gives_up(tmp_path):
+    """Pure retry logic (the consumer class is a stand-in): a broker down at start is retried, not fatal."""
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    from aggregations.loading import load_registry
+    from sinks.parquet_sink import ParquetSink
+
+    fs = load_registry("examples/transactions/features.py").feature_set("transactions")
+    sink = ParquetSink(fs, tmp_path, "127.0.0.1:1")
+    sink.connect_retry_s = 0.01
+    attempts = []
+
+    def flaky(**config):
+        attempts.append(config)
+        if len(attempts) < 3:
+            raise KafkaConnectionError("refused")
+        return "consumer"
+
+    assert sink._connect(flaky, {"bootstrap_servers": ["127.0.0.1:1"]}, timeout_s=5) == "consumer"
+    assert len(attempts) == 3
+
+    def down(**config):
+        raise KafkaTimeoutError("Unable to bootstrap")
+
+    with pytest.raises(KafkaTimeoutError):
+        sink._connect(down, {}, timeout_s=0.05)
