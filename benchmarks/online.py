@@ -27,8 +27,8 @@ app id and state dir), for the example feature set (windows 1h/1d/90d x count, s
   thread polls every ``--poll-interval`` s with one ``POST /vectors/fraud`` naming every probe user
   with an outstanding probe (the vector includes ``amount_count_1h``): per-user GETs in a loop would
   take the worker's event loop, which also consumes, away from ingest. The
-  producer uses kafka-python's defaults (linger 0, acks 1); the worker its defaults (micro-batches of
-  at most 5000 events or 0.5 s). Probes not visible ``--fresh-timeout`` s after the last send count
+  producer uses kafka-python's defaults (linger 0, acks 1); the worker its defaults (a micro-batch is
+  what one fetch returned, at most 5000 events). Probes not visible ``--fresh-timeout`` s after the last send count
   as infinitely late.
 
 Bars (PASS/MISS as measured): ingest >= 20,000 events/s per worker, read p99 <= 5 ms at 1 client,

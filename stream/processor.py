@@ -292,17 +292,21 @@ class BatchProcessor:
     def _forward_misplaced(self, frame: pd.DataFrame, keys: np.ndarray, valid: list, result: BatchResult):
         """Move events outside their entity's partition to ``result.forward``; return the rest."""
         n = self.partitions
-        encoded = [str(k).encode() for k in keys.tolist()]
-        misplaced = [r.partition != entity_partition(k, n) for r, k in zip(valid, encoded, strict=True)]
-        if not any(misplaced):
+        # Hash each distinct entity once, not each event.
+        codes, uniques = pd.factorize(keys)
+        encoded = [str(k).encode() for k in uniques]
+        home = np.fromiter((entity_partition(k, n) for k in encoded), np.int64, len(encoded))
+        arrived = np.fromiter((r.partition for r in valid), np.int64, len(valid))
+        misplaced = arrived != home[codes]
+        if not misplaced.any():
             return frame, keys, valid
-        for r, k, out in zip(valid, encoded, misplaced, strict=True):
-            if out:
-                result.forward.append(Envelope(k, r.value))
-                result.forward_origins.append((r.partition, r.offset))
+        for i in np.flatnonzero(misplaced).tolist():
+            r = valid[i]
+            result.forward.append(Envelope(encoded[codes[i]], r.value))
+            result.forward_origins.append((r.partition, r.offset))
         result.key_mismatches = len(result.forward)
-        stay = ~np.asarray(misplaced)
-        kept = [r for r, out in zip(valid, misplaced, strict=True) if not out]
+        stay = ~misplaced
+        kept = [r for r, out in zip(valid, misplaced.tolist(), strict=True) if not out]
         return frame[stay].reset_index(drop=True), keys[stay], kept
 
     def _load(self, groups: EntityGroups, load: StateLoader):
