@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import json
 import re
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -271,14 +272,17 @@ class FeatureSet:
 
 
 def _callable_identity(fn) -> str:
+    """A transform's identity for the fingerprint: its qualified name and a hash of its source text.
+
+    Stable across processes and runs: no module name (a definitions file loaded by path gets a fresh
+    module name per load) and no ``hash()`` (salted per process). Editing the code changes it.
+    """
     try:
-        source = inspect.getsource(fn)
+        source = textwrap.dedent(inspect.getsource(fn))
     except (OSError, TypeError):
         source = ""
-    return (
-        f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}:"
-        + hashlib.sha256(source.encode()).hexdigest()[:12]
-    )
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{name}:" + hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
 @dataclass

@@ -9,12 +9,12 @@ gets a new table (and changelog) and never reads old state.
 
 from __future__ import annotations
 
+from .bookkeeping import OFFSETS_META
 from .definitions import FeatureSet
 
-DEFAULT_APP_ID = "featurestream"
+__all__ = ["DEFAULT_APP_ID", "OFFSETS_META", "changelog_topic", "changelog_versions", "definitions_topic", "table_name"]
 
-#: State meta entry: {str(source partition): highest source offset applied to the entity}.
-OFFSETS_META = "offsets"
+DEFAULT_APP_ID = "featurestream"
 
 
 def table_name(feature_set: FeatureSet) -> str:

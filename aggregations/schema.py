@@ -21,6 +21,14 @@ from .durations import parse_duration
 
 DEFAULT_MAX_FUTURE = "1h"
 
+#: The longest entity key (UTF-8 bytes, composite keys joined) accepted anywhere: an event with a longer
+#: key is dead-lettered at ingest, and HTTP refuses it, so every stored entity can be read back.
+MAX_ENTITY_BYTES = 1024
+
+# Epoch-ms values in [1e9, 1e11) fall in 1970-01-12 .. 1973-03-03: real events of that time are unlikely,
+# while epoch *seconds* of 2001 .. 5138 look exactly like that. Such a value is rejected with a hint.
+_SECONDS_LOW, _SECONDS_HIGH = 1_000_000_000, 100_000_000_000
+
 
 @dataclass(frozen=True)
 class Rejected:
@@ -56,6 +64,9 @@ def parse_timestamp(value) -> int:
     raise InvalidValue(f"timestamp must be epoch ms or ISO-8601, got {type(value).__name__}")
 
 
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
 def _check(dtype: str, name: str, value):
     if value is None:
         return None
@@ -66,10 +77,16 @@ def _check(dtype: str, name: str, value):
     if dtype == "int64":
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidValue(f"{name} must be an integer, got {type(value).__name__} {str(value)[:40]!r}")
+        if not _I64_MIN <= value <= _I64_MAX:
+            raise InvalidValue(f"{name} does not fit a 64-bit integer")
         return value
     if dtype == "string":
         if not isinstance(value, str):
             raise InvalidValue(f"{name} must be a string, got {type(value).__name__}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidValue(f"{name} is not valid Unicode (unpaired surrogate at {exc.start})") from None
         return value
     if dtype == "bool":
         if not isinstance(value, bool):
@@ -99,15 +116,26 @@ class EventValidator:
             raise InvalidValue(f"event must be a JSON object, got {type(obj).__name__}")
         get = obj.get
         row = {column: _check(dtype, column, get(column)) for column, dtype in self._checks}
+        size = len(self._entities) - 1  # separators of a composite key
         for entity in self._entities:
             key = row.get(entity)
             if key is None or key == "":
                 raise InvalidValue(f"missing entity key {entity!r}")
+            size += len(key.encode("utf-8")) if isinstance(key, str) else len(str(key))
+        if size > MAX_ENTITY_BYTES:
+            raise InvalidValue(
+                f"entity key of {size} bytes is longer than {MAX_ENTITY_BYTES}: it could never be read back"
+            )
         ts = row.get(self._ts_key)
         if ts is None:
             raise InvalidValue(f"missing timestamp {self._ts_key!r}")
         if ts < 0:
             raise InvalidValue(f"timestamp {ts} is before 1970")
+        if _SECONDS_LOW <= ts < _SECONDS_HIGH:
+            raise InvalidValue(
+                f"timestamp {ts} looks like epoch seconds ({_iso(ts * 1000)} in seconds, {_iso(ts)} in "
+                "milliseconds): send epoch milliseconds or an ISO-8601 string"
+            )
         if ts > now_ms + self.max_future_ms:
             raise InvalidValue(f"timestamp {ts} is more than {self.max_future_ms} ms in the future")
         for column in self._floats:
@@ -117,26 +145,58 @@ class EventValidator:
         return row
 
     def decode(
-        self, payloads: Sequence[bytes | str], now_ms: int
+        self, payloads: Sequence[bytes | str | None], now_ms: int
     ) -> tuple[list[dict], list[int], list[Rejected]]:
-        """JSON payloads -> (valid rows, their batch positions, rejects)."""
+        """Payloads -> (valid rows, their batch positions, rejects). Never raises: every payload ends up
+        as a row or as a ``Rejected`` with a one-line reason. Every consumer (worker, sink, backfill,
+        ingest, verify) decodes through here, so they all accept and refuse the same records."""
         rows, positions, rejected = [], [], []
         for i, raw in enumerate(payloads):
             try:
-                obj = json.loads(raw)
-            except (ValueError, TypeError) as exc:
-                rejected.append(Rejected(i, f"not valid JSON: {str(exc)[:120]}", _as_bytes(raw)))
-                continue
-            try:
-                rows.append(self.validate(obj, now_ms))
+                rows.append(self.validate(parse_payload(raw), now_ms))
                 positions.append(i)
             except InvalidValue as exc:
                 rejected.append(Rejected(i, str(exc), _as_bytes(raw)))
+            except Exception as exc:  # noqa: BLE001 - a record must never stop a consumer
+                reason = f"cannot decode: {type(exc).__name__}: {str(exc)[:120]}"
+                rejected.append(Rejected(i, reason, _as_bytes(raw)))
         return rows, positions, rejected
 
     def to_frame(self, rows: list[dict]) -> pd.DataFrame:
         """Typed rows -> a DataFrame with schema dtypes (timestamps as int64 epoch ms)."""
         return rows_to_frame(self.feature_set, rows)
+
+
+def parse_payload(raw: bytes | str | None):
+    """A record's payload -> the decoded JSON value; ``InvalidValue`` with a one-line reason otherwise.
+
+    Bytes must be UTF-8 (``json.loads`` would guess UTF-16/32 from the first bytes and give a misleading
+    reason); nesting too deep for the parser is refused like any other malformed JSON.
+    """
+    if raw is None:
+        raise InvalidValue("empty record (null payload)")
+    if isinstance(raw, bytes | bytearray | memoryview):
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidValue(f"not valid UTF-8 (byte {exc.start}: {bytes(raw)[exc.start : exc.start + 4]!r})") from None
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        raise InvalidValue(f"payload must be bytes or text, got {type(raw).__name__}")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidValue("not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidValue(f"not valid JSON: {str(exc)[:120]}") from None
+
+
+def _iso(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
 
 
 def _as_bytes(raw) -> bytes | None:

@@ -127,7 +127,7 @@ def bootstrap(
     )  # fmt: skip
     errors: list[BaseException] = []
     try:
-        for part in rebuild_states(fs, store, now, partitions=partitions):
+        for part in rebuild_states(fs, store, now, n_source, partitions=partitions):
             for state in part.states:
                 future = producer.send(changelog, key=state.key, value=state.value, partition=state.partition)
                 future.add_errback(errors.append)

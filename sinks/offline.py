@@ -3,7 +3,7 @@
 For each query row (entity keys, t) and each feature set of the vector, the set's features are read
 at t per the window contract (events with ``floor((t - W) / P) * P <= ts < t``), by the same kernel
 as preview and the online worker (``aggregations.compute.features_at``). Events of equal timestamp
-are ordered by arrival: ``(_arrival, _partition, _offset)``.
+are ordered as the worker orders them: by source offset, then source partition (``tie_rank``).
 
 Work is split by entity-hash partition (``dataset.entity_partitions``): one pass over the files that
 can hold the rows' time range splits their events into P partitions spilled to disk
@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from aggregations import FeatureSet, FeatureVector, Registry
+from aggregations.bookkeeping import tie_seq
 from aggregations.compute import apply_on_read, features_at
 from aggregations.schema import entity_keys, to_epoch_ms
 
@@ -56,25 +57,14 @@ class _SetTask:
     end_ms: int
 
 
-def arrival_seq(events: pd.DataFrame) -> np.ndarray:
-    """Rank of each event in arrival order, ``(_arrival, _partition, _offset)``: the tie-break for equal ts."""
-    arrival = events["_arrival"].to_numpy(dtype=np.int64)
-    partition = events["_partition"].to_numpy(dtype=np.int64)
-    offset = events["_offset"].to_numpy(dtype=np.int64)
-    n = len(arrival)
-    order = None
-    if n:
-        # One int64 key when the three fit (they do for any realistic span), else a three-key lexsort.
-        a_span = int(arrival.max()) - int(arrival.min()) + 1
-        p_span, o_span = int(partition.max()) + 1, int(offset.max()) + 1
-        if partition.min() >= 0 and offset.min() >= 0 and a_span * p_span * o_span < 2**62:
-            key = ((arrival - arrival.min()) * p_span + partition) * o_span + offset
-            order = np.argsort(key, kind="stable")
-    if order is None:
-        order = np.lexsort((offset, partition, arrival))
-    seq = np.empty(n, dtype=np.int64)
-    seq[order] = np.arange(n, dtype=np.int64)
-    return seq
+def tie_rank(events: pd.DataFrame) -> np.ndarray:
+    """Rank of each event in the tie order of equal timestamps (``aggregations.bookkeeping.tie_seq``:
+    source offset, then source partition), the order the worker uses for ``first``/``last``."""
+    seq = tie_seq(events["_partition"].to_numpy(dtype=np.int64), events["_offset"].to_numpy(dtype=np.int64))
+    order = np.argsort(seq, kind="stable")
+    rank = np.empty(len(seq), dtype=np.int64)
+    rank[order] = np.arange(len(seq), dtype=np.int64)
+    return rank
 
 
 def get_offline_features(
@@ -318,7 +308,7 @@ def _run(job: _Job, partitions: list[int], workers: int):
 
 def _partition_features(task: _SetTask, events: pd.DataFrame, keys, ts, as_known_at: bool) -> dict:
     """One entity-hash partition: its rows' features from its events, through the shared kernel."""
-    seq = arrival_seq(events)
+    seq = tie_rank(events)
     values = features_at(task.fs, events, keys, ts, seq=seq, features=task.aggregated)
     if as_known_at:
         values = known_at(task.fs, events, seq, keys, ts, values, task.aggregated)

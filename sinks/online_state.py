@@ -1,10 +1,11 @@
 """Online tile state rebuilt from a feature set's Parquet history: what an always-on worker would hold at ``now``.
 
-For each entity (per Kafka source partition, as the worker keeps it) this yields the state blob the
-worker's table would hold after consuming every stored event: the same kernel (``build_levels`` with
-seq = the source offset, as the worker does, so ``first``/``last`` ties and later merges with live events
-compare like for like), ``expire`` at ``now``, and the meta entry ``offsets`` = {partition: highest
-stored offset of the entity}, which makes the worker skip every source event at or below it.
+For each entity this yields the state blob the worker's table would hold after consuming every stored
+event: in the entity's home partition, built by the same kernel with the same tie order
+(``aggregations.bookkeeping.tie_seq``, so ``first``/``last`` ties and later merges with live events
+compare like for like), expired at ``now``, with the applied offset of every source partition its
+events came from (its own slot, or the forwarded slot ``f<p>`` of a partition it was not keyed to), which
+makes the worker skip every source event at or below it, forwarded or not.
 
 Events older than ``late_cutoff(plan, now)`` are left out of the tiles: they could only land in tiles
 that ``expire`` drops (the worker would have dropped them as expired, or as late). Their offsets still
@@ -25,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from aggregations import FeatureSet
+from aggregations.bookkeeping import OFFSETS_META, home_partition, slot_of, tie_seq
 from aggregations.codec import EntityStateCodec
 from aggregations.compute import apply_transforms, fold_into_state
-from aggregations.naming import OFFSETS_META
 from aggregations.schema import entity_keys
 
 from .dataset import PartitionedEvents, count_events
@@ -70,32 +71,30 @@ def entity_hash_partitions(fs: FeatureSet, store: str | Path, partitions: int | 
 
 
 def partition_states(
-    fs: FeatureSet, events: pd.DataFrame, now: int, codec: EntityStateCodec
+    fs: FeatureSet, events: pd.DataFrame, now: int, codec: EntityStateCodec, source_partitions: int
 ) -> PartitionStates:
-    """States of every (source partition, entity) among ``events`` (stored rows, meta columns included)."""
+    """States of every entity among ``events`` (stored rows, meta columns included), each in its home
+    partition among ``source_partitions`` with the applied offsets of every source partition its events
+    came from (``aggregations.bookkeeping``), exactly as the worker would hold it."""
     source_part = events["_partition"].to_numpy(dtype=np.int64)
     offsets = events["_offset"].to_numpy(dtype=np.int64)
     # Transforms see what the worker's see: the validated event columns, no storage columns.
     frame = apply_transforms(fs, events.drop(columns=list(META_COLUMNS)).reset_index(drop=True))
     keys = entity_keys(fs, frame)
-    key_codes, uniques = pd.factorize(keys)
-    n_parts = int(source_part.max()) + 1 if len(source_part) else 1
-    # One state per (source partition, entity), as the worker keeps it; codes sorted by that pair.
-    pair = key_codes.astype(np.int64) * n_parts + source_part
-    groups, codes = np.unique(pair, return_inverse=True)
-    codes = codes.astype(np.int64).reshape(-1)
-    group_key = groups // n_parts
-    group_part = groups % n_parts
-    top = pd.Series(offsets).groupby(codes, sort=True).max().to_numpy(dtype=np.int64)
+    codes, uniques = pd.factorize(keys)
+    codes = codes.astype(np.int64, copy=False)
+    encoded = [str(k).encode() for k in uniques]
+    homes = [home_partition(k, source_partitions) for k in encoded]
 
-    levels, late = fold_into_state(fs, None, frame, codes, offsets, now)
+    levels, late = fold_into_state(fs, None, frame, codes, tie_seq(source_part, offsets), now)
 
-    metas = [{OFFSETS_META: {str(int(p)): int(o)}} for p, o in zip(group_part, top, strict=True)]
-    blobs = codec.encode_all(levels, np.arange(len(groups)), metas)
-    states = [
-        EntityState(int(p), str(uniques[k]).encode(), blob)
-        for p, k, blob in zip(group_part.tolist(), group_key.tolist(), blobs, strict=True)
-    ]
+    tops = pd.DataFrame({"e": codes, "p": source_part, "o": offsets}).groupby(["e", "p"], sort=True)["o"].max()
+    applied: list[dict[str, int]] = [{} for _ in encoded]
+    for (e, p), o in zip(tops.index.tolist(), tops.tolist(), strict=True):
+        applied[e][slot_of(p, homes[e])] = int(o)
+    metas = [{OFFSETS_META: slots} for slots in applied]
+    blobs = codec.encode_all(levels, np.arange(len(encoded)), metas)
+    states = [EntityState(h, k, blob) for h, k, blob in zip(homes, encoded, blobs, strict=True)]
     max_offsets = pd.Series(offsets).groupby(source_part).max().astype(np.int64).to_dict()
     return PartitionStates(
         states, len(events), int(len(late) - late.sum()), {int(p): int(o) for p, o in max_offsets.items()}
@@ -106,14 +105,17 @@ def rebuild_states(
     fs: FeatureSet,
     store: str | Path,
     now: int,
+    source_partitions: int,
     *,
     partitions: int | None = None,
     spill_dir: str | Path | None = None,
 ) -> Iterator[PartitionStates]:
-    """Every entity's rebuilt state, one entity-hash partition at a time (see the module docstring)."""
+    """Every entity's rebuilt state, one entity-hash partition at a time (see the module docstring).
+
+    ``source_partitions``: the source topic's partition count (it decides each entity's home)."""
     codec = EntityStateCodec(fs)
     n = entity_hash_partitions(fs, store, partitions)
     with PartitionedEvents(fs, store, partitions=n, columns=_columns(fs), spill_dir=spill_dir) as split:
         for p in range(n):
             if split.rows[p]:
-                yield partition_states(fs, split.frame(p), now, codec)
+                yield partition_states(fs, split.frame(p), now, codec, source_partitions)

@@ -25,13 +25,14 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLarge
 from faust.exceptions import ProducerSendError
 from mode import CrashingSupervisor
 
+from aggregations.bookkeeping import by_entity_slot, forwarded_slot
 from aggregations.definitions import FeatureSet
 
 from . import batch_drain
 from .envelope import Envelope, envelope, without_payload
 from .metrics import WorkerMetrics
 from .partitioning import entity_partition
-from .processor import BatchProcessor, BatchResult, SourceRecord, forwarded_slot
+from .processor import BatchProcessor, BatchResult, SourceRecord
 from .table_writer import TableWriter
 from .topics import SetTopics
 
@@ -84,10 +85,12 @@ def forwarded_groups(messages: Sequence) -> list[tuple[str, list[SourceRecord]]]
     for m in messages:
         origin = origin_of(m)
         if origin is None:
-            slot, offset = f"b{m.partition}", m.offset
+            record = SourceRecord(m.partition, m.offset, m.key, m.value)
+            slot = by_entity_slot(m.partition)
         else:
-            slot, offset = forwarded_slot(origin[0]), origin[1]
-        groups.setdefault(slot, []).append(SourceRecord(m.partition, offset, m.key, m.value))
+            record = SourceRecord(m.partition, origin[1], m.key, m.value, origin_partition=origin[0])
+            slot = forwarded_slot(origin[0])
+        groups.setdefault(slot, []).append(record)
     return list(groups.items())
 
 

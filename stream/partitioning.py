@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from aiokafka.partitioner import murmur2
+from aggregations.bookkeeping import home_partition
 
 
 @lru_cache(maxsize=1 << 18)
 def entity_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` among ``partitions`` (cached)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return home_partition(key, partitions)

@@ -9,11 +9,11 @@ only decides *which* events reach it:
 * events in another partition than their entity's (``partitioning.entity_partition``), when the
   processor knows the partition count -> ``forward``: the agent sends them to ``<topic>.by-entity``
   keyed by entity, where they come back (with their origin) in the right partition;
-* events at or below the highest source offset already applied to the entity (kept per source
-  partition in the entity's state meta; forwarded events by their origin, under slot ``f<partition>``)
-  -> skipped as duplicates. A replay after a crash (Kafka
-  redelivers from the last committed offset) therefore never counts an event twice, and the entity's
-  state is written again so that its changelog record is re-sent;
+* events already applied (``aggregations.bookkeeping``: the highest applied source offset per slot in
+  the entity's state meta, and earlier copies in the same batch) -> skipped as duplicates. A replay after
+  a crash (Kafka redelivers from the last committed offset) or a second copy of a forwarded event
+  therefore never counts twice, and the entity's state is written again so that its changelog record
+  is re-sent;
 * events older than ``late_cutoff(plan, now)`` -> late (they can no longer change an online read);
 * the rest -> ``build_levels`` -> ``merge_levels`` with the stored tiles -> ``expire`` -> encode.
 """
@@ -28,15 +28,37 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import pandas as pd
 
+from aggregations.bookkeeping import (
+    OFFSETS_META,
+    applied_offsets,
+    duplicate_mask,
+    forwarded_slot,
+    tie_seq,
+    updated_offsets,
+    with_offset,
+)
 from aggregations.codec import EntityStateCodec, StateMismatch
 from aggregations.compute import apply_transforms, fold_into_state
 from aggregations.definitions import FeatureSet
 from aggregations.kernel import late_cutoff
-from aggregations.naming import OFFSETS_META
 from aggregations.schema import DEFAULT_MAX_FUTURE, EventValidator, entity_keys
 
 from .envelope import Envelope, envelope
 from .partitioning import entity_partition
+
+__all__ = [
+    "OFFSETS",
+    "BatchProcessor",
+    "BatchResult",
+    "SourceRecord",
+    "StateWrite",
+    "applied_offsets",
+    "duplicate_mask",
+    "forwarded_slot",
+    "group_entities",
+    "updated_offsets",
+    "with_offset",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +83,22 @@ class SourceLike(Protocol):
 
 @dataclass(frozen=True)
 class SourceRecord:
-    """One Kafka record of the source topic, built by hand (tests, tools); a SourceLike."""
+    """One Kafka record of the source topic, built by hand (tests, tools); a SourceLike.
+
+    A forwarded event is a SourceRecord in its entity's home ``partition`` with its *origin* offset and
+    ``origin_partition``: where it was in the source topic (dead letters and late events point there)."""
 
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
+    origin_partition: int | None = None
+
+
+def source_partition(record: SourceLike) -> int:
+    """The source-topic partition a record came from (its origin, for a forwarded event)."""
+    origin = getattr(record, "origin_partition", None)
+    return record.partition if origin is None else origin
 
 
 class StateWrite(NamedTuple):
@@ -136,44 +168,6 @@ def group_entities(keys: np.ndarray, partitions: np.ndarray) -> EntityGroups:
     return EntityGroups(codes, owner, [str(k).encode() for k in uniques])
 
 
-def applied_offsets(metas: Sequence[dict], partitions: np.ndarray, slot: str | None = None) -> np.ndarray:
-    """Highest offset already applied to each entity in its partition, or in ``slot`` (-1 if none)."""
-    out = np.full(len(metas), -1, dtype=np.int64)
-    for i, meta in enumerate(metas):
-        offsets = meta.get(OFFSETS)
-        if offsets:
-            out[i] = offsets.get(slot or str(int(partitions[i])), -1)
-    return out
-
-
-def duplicate_mask(offsets: np.ndarray, codes: np.ndarray, applied: np.ndarray) -> np.ndarray:
-    """Rows whose source offset is at or below what their entity already applied."""
-    return offsets <= applied[codes]
-
-
-def updated_offsets(applied: np.ndarray, codes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Per entity, the highest offset among what was applied before and this batch's rows."""
-    out = applied.copy()
-    np.maximum.at(out, codes, offsets)
-    return out
-
-
-def with_offset(meta: dict, partition: int, offset: int, slot: str | None = None) -> dict:
-    """The entity's meta (changed in place: it was decoded for this batch) with the applied offset of
-    ``partition`` (or of ``slot``) set."""
-    meta.pop("fp", None)
-    offsets = meta.get(OFFSETS)
-    if offsets is None:
-        offsets = meta[OFFSETS] = {}
-    offsets[slot or str(partition)] = offset
-    return meta
-
-
-def forwarded_slot(origin_partition: int) -> str:
-    """The applied-offset slot of events forwarded from source partition ``origin_partition``."""
-    return f"f{int(origin_partition)}"
-
-
 class BatchProcessor:
     """Turns batches of one FeatureSet's source records into state writes (see module docstring)."""
 
@@ -210,7 +204,7 @@ class BatchProcessor:
             if len(records) == 1:
                 r = records[0]
                 reason = f"processing failed: {type(exc).__name__}: {str(exc)[:200]}"
-                log.warning("dead-lettering %s[%d]@%d: %s", self.topic, r.partition, r.offset, reason)
+                log.warning("dead-lettering %s[%d]@%d: %s", self.topic, source_partition(r), r.offset, reason)
                 return BatchResult(consumed=1, dead=[self._dead(r, reason)])
             log.warning("batch of %d failed (%r); retrying record by record", len(records), exc)
         # Record by record; later records must see earlier ones' new state, hence the overlay.
@@ -233,7 +227,7 @@ class BatchProcessor:
 
     def _dead(self, record: SourceLike, reason: str) -> Envelope:
         return Envelope(
-            record.key, envelope(reason, self.topic, record.partition, record.offset, record.value)
+            record.key, envelope(reason, self.topic, source_partition(record), record.offset, record.value)
         )
 
     def _process(
@@ -255,22 +249,27 @@ class BatchProcessor:
                 return result
         partitions = np.fromiter((r.partition for r in valid), np.int64, len(valid))
         offsets = np.fromiter((r.offset for r in valid), np.int64, len(valid))
+        origins = np.fromiter((source_partition(r) for r in valid), np.int64, len(valid))
         groups = group_entities(keys, partitions)
         codes = groups.codes
+        slots = [slot or str(int(p)) for p in groups.partitions.tolist()]
 
         stored, metas = self._load(groups, load)
-        applied = applied_offsets(metas, groups.partitions, slot)
+        applied = applied_offsets(metas, slots)
         dup = duplicate_mask(offsets, codes, applied)
         ts = np.asarray(frame[fs.timestamp_key], dtype=np.int64)
         cutoff = late_cutoff(self.plan, now_ms)
-        state, late = fold_into_state(fs, stored, frame, codes, offsets, now_ms, skip=dup)
+        seq = tie_seq(origins, offsets)
+        state, late = fold_into_state(fs, stored, frame, codes, seq, now_ms, skip=dup)
         keep = ~dup & ~late
         result.duplicates = int(dup.sum())
         result.applied = int(keep.sum())
         for i in np.flatnonzero(late):
             r = valid[i]
             reason = f"late: event time {int(ts[i])} is before {cutoff}, the oldest time online state keeps"
-            result.late.append(Envelope(r.key, envelope(reason, self.topic, r.partition, r.offset, r.value)))
+            result.late.append(
+                Envelope(r.key, envelope(reason, self.topic, int(origins[i]), r.offset, r.value))
+            )
         if result.applied:
             result.max_event_ts = int(ts[keep].max())
 
@@ -282,7 +281,7 @@ class BatchProcessor:
         if len(write_codes):
             top = updated_offsets(applied, codes, offsets).tolist()
             parts = groups.partitions.tolist()
-            new_metas = [with_offset(metas[c], parts[c], top[c], slot) for c in range(len(parts))]
+            new_metas = [with_offset(metas[c], slots[c], top[c]) for c in range(len(parts))]
             blobs = self.codec.encode_all(state, write_codes, new_metas)
             result.writes = [
                 StateWrite(part, key, blob) for part, key, blob in zip(parts, groups.keys, blobs, strict=True)

@@ -315,9 +315,9 @@ class Feeder(threading.Thread):
 
 
 def by_user(events: list[Sent]) -> dict[str, list[dict]]:
-    """Oracle rows per user; seq = (partition, offset) order, i.e. arrival order within the user's partition."""
+    """Oracle rows per user; seq = the documented tie order of equal timestamps: source offset, then partition."""
     rows = defaultdict(list)
-    for e in sorted(events, key=lambda e: (e.partition, e.offset)):
+    for e in sorted(events, key=lambda e: (e.offset, e.partition)):
         rows[e.user].append({"key": e.user, "ts": e.ts, "seq": len(rows[e.user]), "value": e.amount})
     return rows
 

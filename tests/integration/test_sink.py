@@ -198,7 +198,7 @@ def test_sink_cli_subprocess_and_training_set_match_the_oracle(kafka_bootstrap, 
     vector = FeatureVector("all", ["transactions.*"])
     result = get_offline_features(vector, rows, tmp_path, registry=REGISTRY, partitions=2)
 
-    ranked = sorted(events, key=lambda e: (e["arrival"], e["partition"], e["offset"]))
+    ranked = sorted(events, key=lambda e: (e["offset"], e["partition"]))  # the tie order: offset, partition
     ref = [dict(key=e["user_id"], ts=e["ts"], seq=i, value=e["amount"]) for i, e in enumerate(ranked)]
     for feature in FS.plan.features:
         w = feature.window

@@ -1,8 +1,11 @@
 """Online state rebuilt from Parquet (``sinks.online_state``) equals what the worker's processor builds.
 
-The worker's ``BatchProcessor`` (pure, no Kafka) is the reference: for the same events and ``now``,
-the rebuilt blobs must be the very bytes the worker would store, and the worker continuing from
-rebuilt state must skip what was stored and apply the rest, ending where an always-on worker ends.
+The worker's ``BatchProcessor`` (pure, no Kafka), run as the worker runs it (knowing the partition count,
+forwarding events that are not in their entity's home partition and applying them from the ``.by-entity``
+topic in their origin slot), is the reference: for the same events and ``now``, the rebuilt states must be
+the worker's (same entities in the same partitions, same applied offsets, same values), and the worker
+continuing from rebuilt state must skip what was stored and apply the rest, ending where an always-on
+worker ends.
 Also: the names that stream/ and sinks/ share through ``aggregations.naming``.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -17,11 +21,13 @@ import pandas as pd
 import stream.app
 import stream.processor
 from aggregations import naming
+from aggregations.bookkeeping import home_partition
 from aggregations.codec import EntityStateCodec
 from aggregations.loading import load_registry
 from sinks.layout import dataset_dir
 from sinks.online_state import rebuild_states
 from sinks.writer import write_batch
+from stream.agent import forwarded_groups, origin_header
 from stream.processor import BatchProcessor, SourceRecord
 from stream.reading import FeatureReader
 
@@ -55,7 +61,10 @@ def history(n: int = 3000, seed: int = 7) -> pd.DataFrame:
     ts[1::97] = ts[::97][: len(ts[1::97])]
     amount = np.round(rng.lognormal(3, 1, n), 2)
     amount[rng.random(n) < 0.05] = np.nan
-    partition = np.array([sum(u.encode()) % PARTITIONS for u in user])
+    # Most events in their entity's home partition; a sixth wherever a producer put them (forwarded).
+    partition = np.array([home_partition(u.encode(), PARTITIONS) for u in user])
+    misplaced = rng.random(n) < 1 / 6
+    partition[misplaced] = rng.integers(0, PARTITIONS, int(misplaced.sum()))
     frame = pd.DataFrame({"user_id": user, "ts": ts, "amount": amount, "_partition": partition})
     frame["_offset"] = frame.groupby("_partition").cumcount()
     frame["_arrival"] = NOW - 1000
@@ -85,13 +94,44 @@ class Store:
             self.blobs[(w.partition, w.key)] = w.value
 
 
-def worker_state(frame: pd.DataFrame, now: int, store: Store | None = None) -> Store:
+def worker_state(frame: pd.DataFrame, now: int, store: Store | None = None, batch: int = 500) -> Store:
+    """What the worker's table holds after consuming ``frame``: source batches partition by partition in
+    offset order, then the forwarded events as they come back from the ``.by-entity`` topic."""
     store = store or Store()
-    processor = BatchProcessor(TX, "transactions")
-    for _, part in frame.groupby("_partition"):  # partition by partition, in offset order, as consumed
-        result = processor.process(records(part.sort_values("_offset")), now, store.load)
-        store.apply(result)
+    processor = BatchProcessor(TX, "transactions", partitions=PARTITIONS)
+    by_entity: dict[int, list] = {}
+    for _, part in frame.groupby("_partition"):
+        part_records = records(part.sort_values("_offset"))
+        for start in range(0, len(part_records), batch):
+            result = processor.process(part_records[start : start + batch], now, store.load)
+            store.apply(result)
+            for e, origin in zip(result.forward, result.forward_origins, strict=True):
+                home = home_partition(e.key, PARTITIONS)
+                queue = by_entity.setdefault(home, [])
+                queue.append(SimpleNamespace(partition=home, offset=len(queue), key=e.key, value=e.value,
+                                             headers=[origin_header(*origin)]))  # fmt: skip
+    for messages in by_entity.values():
+        for slot, group in forwarded_groups(messages):
+            store.apply(processor.process(group, now, store.load, slot))
     return store
+
+
+def assert_same_states(got: dict, want: dict) -> None:
+    """The same entities in the same partitions, the same applied offsets and the same feature values
+    (float sums summed in another order: within 1e-9 relative)."""
+    assert got.keys() == want.keys()
+    keys = sorted(want)
+    codec = EntityStateCodec(TX)
+    assert [codec.decode_meta(got[k])[0] for k in keys] == [codec.decode_meta(want[k])[0] for k in keys]
+    reader = FeatureReader(TX)
+    for at in (NOW, NOW + 30 * 60_000, NOW + DAY + 1):
+        for g, w in zip(reader.read([got[k] for k in keys], at), reader.read([want[k] for k in keys], at), strict=True):
+            assert g.keys() == w.keys()
+            for name, value in w.items():
+                if isinstance(value, float):
+                    assert math.isclose(g[name], value, rel_tol=1e-9), (name, g[name], value)
+                else:
+                    assert g[name] == value, name
 
 
 def write_dataset(frame: pd.DataFrame, root) -> None:
@@ -104,19 +144,20 @@ def write_dataset(frame: pd.DataFrame, root) -> None:
 
 def rebuilt(root, now: int, partitions: int) -> dict[tuple[int, bytes], bytes]:
     out = {}
-    for part in rebuild_states(TX, root, now, partitions=partitions):
+    for part in rebuild_states(TX, root, now, PARTITIONS, partitions=partitions):
         for s in part.states:
             assert (s.partition, s.key) not in out
             out[(s.partition, s.key)] = s.value
     return out
 
 
-def test_rebuilt_blobs_are_the_workers_bytes(tmp_path):
+def test_rebuilt_states_are_the_workers(tmp_path):
     frame = history()
+    assert (frame["_partition"] != [home_partition(u.encode(), PARTITIONS) for u in frame["user_id"]]).any()
     write_dataset(frame, tmp_path)
     want = worker_state(frame, NOW).blobs
     for partitions in (1, 4):
-        assert rebuilt(tmp_path, NOW, partitions) == want
+        assert_same_states(rebuilt(tmp_path, NOW, partitions), want)
 
 
 def test_worker_continues_from_rebuilt_state_as_if_always_on(tmp_path):
@@ -129,19 +170,4 @@ def test_worker_continues_from_rebuilt_state_as_if_always_on(tmp_path):
     # The worker then replays the whole topic (history and the rest) at a later time.
     continued = worker_state(frame, later, bootstrapped)
     always_on = worker_state(frame, later)
-    assert continued.blobs.keys() == always_on.blobs.keys()
-    keys = sorted(always_on.blobs)
-    reader = FeatureReader(TX)
-    codec = EntityStateCodec(TX)
-    metas = [[codec.decode_meta(b[k])[0] for k in keys] for b in (continued.blobs, always_on.blobs)]
-    assert metas[0] == metas[1]  # the same applied offsets, entity by entity
-    for at in (later, later + 30 * 60_000, later + DAY + 1):
-        got = reader.read([continued.blobs[k] for k in keys], at)
-        want = reader.read([always_on.blobs[k] for k in keys], at)
-        for g, w in zip(got, want, strict=True):
-            assert g.keys() == w.keys()
-            for name, value in w.items():
-                if isinstance(value, float):  # float sums merged in another order: 1e-9 relative
-                    assert math.isclose(g[name], value, rel_tol=1e-9), (name, g[name], value)
-                else:
-                    assert g[name] == value, name
+    assert_same_states(continued.blobs, always_on.blobs)

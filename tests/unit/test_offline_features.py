@@ -69,8 +69,8 @@ def _nan(v):
 
 
 def oracle_events(events, entity):
-    """Oracle input: arrival order is (arrival, partition, offset), computed here independently."""
-    ranked = sorted(events, key=lambda e: (e["arrival"], e["partition"], e["offset"]))
+    """Oracle input: ties of equal ts in source order (offset, then partition), computed here independently."""
+    ranked = sorted(events, key=lambda e: (e["offset"], e["partition"]))
     return [
         dict(key=e[entity], ts=e["ts"], seq=i, value=e["amount"], arrival=e["arrival"])
         for i, e in enumerate(ranked)

@@ -208,12 +208,46 @@ def test_offsets_are_tracked_per_source_partition():
     groups = group_entities(np.array(["a", "b", "a", "c"], dtype=object), np.array([0, 1, 0, 1]))
     assert groups.codes.tolist() == [0, 1, 0, 2] and groups.partitions.tolist() == [0, 1, 1]
     assert groups.keys == [b"a", b"b", b"c"]
-    applied = applied_offsets([{"offsets": {"0": 10}}, {"offsets": {"0": 99}}, {}], groups.partitions)
+    slots = [str(p) for p in groups.partitions.tolist()]
+    applied = applied_offsets([{"offsets": {"0": 10}}, {"offsets": {"0": 99}}, {}], slots)
     assert applied.tolist() == [10, -1, -1]  # b's offsets are for partition 0, not its partition 1
     dup = duplicate_mask(np.array([10, 5, 11, 0]), groups.codes, applied)
     assert dup.tolist() == [True, False, False, False]
     assert updated_offsets(applied, groups.codes, np.array([10, 5, 11, 0])).tolist() == [11, 5, 0]
-    assert with_offset({"fp": "x", "offsets": {"0": 1}, "other": 1}, 3, 7) == {"offsets": {"0": 1, "3": 7}, "other": 1}
+    assert with_offset({"fp": "x", "offsets": {"0": 1}, "other": 1}, "3", 7) == {
+        "offsets": {"0": 1, "3": 7},
+        "other": 1,
+    }
+
+
+def test_two_copies_of_one_forwarded_event_in_one_batch_count_once():
+    # A source partition replayed after a rebalance forwards its events again: the .by-entity topic then
+    # holds two copies of each (same origin), and one fetch can hold both. Only the first may count.
+    from stream.agent import forwarded_groups, origin_header
+    from stream.partitioning import entity_partition
+
+    e = {"user_id": "u1", "ts": NOW - 1000, "amount": 5.0}
+    home = entity_partition(b"u1", 3)
+    origin = ((home + 1) % 3, 41)
+
+    class Message:
+        def __init__(self, offset):
+            self.partition, self.offset, self.key, self.value = home, offset, b"u1", json.dumps(e).encode()
+            self.headers = [origin_header(*origin)]
+
+    proc, store = BatchProcessor(TX, "tx", partitions=3), Store()
+    (slot, group), = forwarded_groups([Message(7), Message(8)])
+    result = proc.process(group, NOW, store.load, slot=slot)
+    store.apply(result)
+    assert (result.applied, result.duplicates) == (1, 1)
+    assert features_now(store, ["u1"])["u1"]["amount_count_1h"] == 1
+
+
+def test_in_batch_duplicates_follow_arrival_order_per_entity():
+    codes = np.array([0, 0, 1, 0, 1, 0])
+    offsets = np.array([5, 7, 3, 6, 3, 8])  # entity 0: 5, 7, then 6 (<= 7: a copy), then 8
+    assert duplicate_mask(offsets, codes, np.array([4, -1])).tolist() == [False, False, False, True, True, False]
+    assert duplicate_mask(offsets, codes, np.array([7, 3])).tolist() == [True, True, True, True, True, False]
 
 
 def test_entity_spread_over_partitions_gets_state_per_partition():
