@@ -157,7 +157,7 @@ class EventValidator:
                 positions.append(i)
             except InvalidValue as exc:
                 rejected.append(Rejected(i, str(exc), _as_bytes(raw)))
-            except Exception as exc:  # noqa: BLE001 - a record must never stop a consumer
+            except Exception as exc:
                 reason = f"cannot decode: {type(exc).__name__}: {str(exc)[:120]}"
                 rejected.append(Rejected(i, reason, _as_bytes(raw)))
         return rows, positions, rejected

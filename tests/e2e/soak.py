@@ -24,7 +24,17 @@ from pathlib import Path
 
 from _pytest.outcomes import Failed
 
-from .harness import Broker, Outcome, Producer, Worker, compare_online, create_topic, event, now_ms, unique_names
+from .harness import (
+    Broker,
+    Outcome,
+    Producer,
+    Worker,
+    compare_online,
+    create_topic,
+    event,
+    now_ms,
+    unique_names,
+)
 
 PARTITIONS = 6
 DAY_MS = 86_400_000
