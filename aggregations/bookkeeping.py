@@ -19,7 +19,9 @@ this module, so a state built by any of them can be resumed by any other.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -138,3 +140,38 @@ def slot_offsets(home: int, source_partitions: np.ndarray, offsets: np.ndarray) 
     frame = pd.DataFrame({"p": np.asarray(source_partitions, np.int64), "o": np.asarray(offsets, np.int64)})
     top = frame.groupby("p", sort=True)["o"].max()
     return {slot_of(int(p), home): int(o) for p, o in top.items()}
+
+
+#: Table key of a partition's checkpoint record. Not valid UTF-8, so no entity key (always UTF-8) equals it.
+CHECKPOINT_KEY = b"\xff\xfefeaturestream.checkpoint"
+
+
+def is_internal_key(key: bytes) -> bool:
+    """Whether a table key is bookkeeping (a checkpoint), not an entity."""
+    return key[:1] == b"\xff"
+
+
+@dataclass
+class Checkpoint:
+    """How far one partition's state has processed its inputs: every source record of the partition below
+    ``source`` and every ``.by-entity`` record below ``by_entity`` has been applied, counted late,
+    forwarded or dead-lettered. Written to the changelog (key ``CHECKPOINT_KEY``) as the last record of
+    every transaction that touches the partition, so the newest record of a changelog partition says how
+    far its state goes; records below it are skipped whole on a replay."""
+
+    source: int = 0
+    by_entity: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps({"v": 1, "source": int(self.source), "by_entity": int(self.by_entity)}).encode()
+
+    @classmethod
+    def decode(cls, blob: bytes | None) -> Checkpoint:
+        """The checkpoint in ``blob``; an empty one for None or anything unreadable (nothing is skipped)."""
+        if not blob:
+            return cls()
+        try:
+            body = json.loads(blob)
+            return cls(int(body.get("source", 0)), int(body.get("by_entity", 0)))
+        except (ValueError, TypeError, AttributeError):
+            return cls()

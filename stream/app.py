@@ -108,7 +108,7 @@ def create_app(
         broker_session_timeout=session_timeout_s,
         broker_heartbeat_interval=max(1.0, session_timeout_s / 10),
         autodiscover=False,
-        # A batch's table writes are all handed to the producer before any is awaited (TableWriter):
+        # A batch's table writes are all handed to the producer before any is awaited (stream.ports.TableStore via stream.transaction):
         # large produce batches carry them (a state blob is 4-8 KB; the default batch is 16 KB).
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
         # A dead letter wraps its event (base64, +1/3): never refuse one client-side that the broker

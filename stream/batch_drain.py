@@ -9,12 +9,12 @@ way. Faust keeps everything else: group membership, partition assignment, table 
 changelogs, standbys, offset commits.
 
 The contract with Faust's acking: a collected message is tracked (pending ack) when collected, and
-the handler acks it once its effects are in the table (Faust commits only acked offsets). Messages
-fetched in an older consumer generation (each records its own), or all of a fetch while flow control
-is off (a rebalance is under way), are dropped unacked and untracked, and its partitions' read offsets are forgotten (else the messages
-fetched again would look delivered already): the rebalance seeks the partitions back to their
-committed offsets and whoever owns them gets those messages again; per-entity applied offsets make
-any repeat a no-op.
+its transaction (``stream.transaction``) acks it once its effects are durable, or releases it (Faust
+commits only acked offsets). Messages fetched in an older consumer generation (each records its own),
+or all of a fetch while flow control is off (a rebalance is under way), are released unprocessed,
+their partitions' read offsets forgotten (else the messages fetched again would look delivered
+already): the rebalance seeks the partitions back to their committed offsets and whoever owns them
+gets those messages again; checkpoints and per-entity applied offsets make any repeat a no-op.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+from .ports import release
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,6 @@ def install() -> None:
     _INSTALLED = True
 
 
-def untrack(consumer, messages: Sequence[Any]) -> None:
-    """Forget messages that will not be acked (dropped in a rebalance): they are fetched again."""
-    for message in messages:
-        consumer._unacked_messages.discard(message)
-        message.tracked = False
-
-
 def _drop_stale(consumer, app, topic: str, messages: list) -> list:
     """The messages of a fetch still to process: none while a rebalance is under way, else those fetched
     in the current consumer generation (each message records its own; a fetch can straddle a rebalance).
@@ -79,16 +74,31 @@ def _drop_stale(consumer, app, topic: str, messages: list) -> list:
     if not stale:
         return messages
     log.info("rebalance: %d fetched message(s) of %s left for their owner", len(stale), topic)
-    untrack(consumer, stale)
-    for tp in {m.tp for m in stale}:
-        consumer._read_offset[tp] = None
+    release(consumer, stale)
     if len(stale) == len(messages):
         return []
     keep = {id(m) for m in stale}
     return [m for m in messages if id(m) not in keep]
 
 
-async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised by the worker tests
+async def deliver(consumer, app, batches: dict[str, list], handlers: dict[str, BatchHandler]) -> None:
+    """Hand each topic's batch of one fetch to its handler, stale messages dropped first. On cancellation
+    (the worker stops) or an error, the batches not handed over yet are released: fetched again later."""
+    pending = list(batches.items())
+    try:
+        while pending:
+            topic, messages = pending.pop(0)
+            messages = _drop_stale(consumer, app, topic, messages)
+            if messages:
+                await app.producer.buffer.wait_until_ebb()
+                await handlers[topic](messages)
+    except BaseException:
+        for _, messages in pending:
+            release(consumer, messages)
+        raise
+
+
+async def _drain_messages(self, fetcher) -> None:
     """Faust 0.15.3's loop, except that registered topics' messages are delivered per fetch, batched."""
     from faust.transport.consumer import CONSUMER_FETCHING
 
@@ -105,7 +115,6 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
     acks_enabled_for = app.topics.acks_enabled_for
     # Consumer.track_message minus its sensor callbacks (Faust's monitor, unused here): pending ack.
     add_unacked = self._unacked_messages.add
-    wait_until_producer_ebb = app.producer.buffer.wait_until_ebb
     yield_every = 100
     num_since_yield = 0
     sleep = asyncio.sleep
@@ -144,19 +153,14 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
                 unset_flag(CONSUMER_FETCHING)
-            for topic, messages in batches.items():
-                messages = _drop_stale(self, app, topic, messages)
-                if not messages:
-                    continue
-                await wait_until_producer_ebb()
-                try:
-                    await handlers[topic](messages)
-                except Exception as exc:
-                    # The state store or producer failed: stop the worker rather than fetch past
-                    # unacked events; a restart replays them, deduplicated by the applied offsets.
-                    log.critical("processing a batch of %s failed: stopping the worker", topic, exc_info=True)
-                    await app.crash(exc)
-                    raise
+            try:
+                await deliver(self, app, batches, handlers)
+            except Exception as exc:
+                # The state store or producer failed: stop the worker rather than fetch past unacked
+                # events; a restart replays them, deduplicated by the checkpoints and applied offsets.
+                log.critical("processing a batch failed: stopping the worker", exc_info=True)
+                await app.crash(exc)
+                raise
             await sleep(0)
     except self.consumer_stopped_errors:
         if app.should_stop:

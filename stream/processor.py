@@ -275,8 +275,8 @@ class BatchProcessor:
 
         # Every entity of the batch is written back, even when all its rows were late (its applied
         # offset moves on, so a replay does not publish them again) or duplicates. The worker writes
-        # the changelog before the store (TableWriter), so the store cannot be ahead of it; re-sending
-        # a replayed entity's state is defence in depth for stores written by other means.
+        # the changelog before the store (stream.transaction), so the store cannot be ahead of it;
+        # re-sending a replayed entity's state is defence in depth for stores written by other means.
         write_codes = np.arange(len(groups.keys))
         if len(write_codes):
             top = updated_offsets(applied, codes, offsets).tolist()

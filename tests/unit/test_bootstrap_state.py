@@ -27,7 +27,7 @@ from aggregations.loading import load_registry
 from sinks.layout import dataset_dir
 from sinks.online_state import rebuild_states
 from sinks.writer import write_batch
-from stream.agent import forwarded_groups, origin_header
+from stream.forwarding import forwarded_groups, origin_header
 from stream.processor import BatchProcessor, SourceRecord
 from stream.reading import FeatureReader
 

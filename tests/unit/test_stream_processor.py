@@ -223,7 +223,7 @@ def test_offsets_are_tracked_per_source_partition():
 def test_two_copies_of_one_forwarded_event_in_one_batch_count_once():
     # A source partition replayed after a rebalance forwards its events again: the .by-entity topic then
     # holds two copies of each (same origin), and one fetch can hold both. Only the first may count.
-    from stream.agent import forwarded_groups, origin_header
+    from stream.forwarding import forwarded_groups, origin_header
     from stream.partitioning import entity_partition
 
     e = {"user_id": "u1", "ts": NOW - 1000, "amount": 5.0}
@@ -325,7 +325,7 @@ def test_state_of_another_definition_is_ignored_not_fatal():
 
 
 def test_events_outside_their_entitys_partition_are_forwarded_then_applied_once_in_their_slot():
-    from stream.agent import forwarded_groups, origin_header
+    from stream.forwarding import forwarded_groups, origin_header
     from stream.partitioning import entity_partition
     from stream.processor import forwarded_slot
 

@@ -1,0 +1,172 @@
+"""The transaction's ports on the real runtime: Faust's consumer and generation, aiokafka's producer, the
+table's RocksDB databases (rocksdict). Thin on purpose: the order of things is ``transaction``'s.
+
+* ``GenerationFence``: a batch may start while flow is on and its generation is current; a prepared
+  batch may be stored while the group coordinator's live generation is still the batch's.
+* ``KafkaChangelog``: aiokafka's producer directly (Faust's wrapper adds a sensor callback per record);
+  all of a batch's records are handed over before any is awaited.
+* ``TableStore``: one multi-get per partition; one RocksDB WriteBatch per partition holding the blobs
+  and the highest changelog offset they reach (Faust's persisted offset, where recovery resumes).
+* ``ConsumerSource``: acks through Faust's consumer; releases by untracking the messages and forgetting
+  their partitions' read offsets, so the messages fetched again after the seek are delivered.
+* ``KafkaSideOutputs``: dead letters, late events and forwards; one too large for its topic becomes a
+  dead letter without its payload that points at the source record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Sequence
+
+import rocksdict
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
+from faust.exceptions import ProducerSendError
+
+from .envelope import Envelope, envelope, without_payload
+from .forwarding import origin_header
+from .partitioning import entity_partition
+from .processor import BatchResult
+
+log = logging.getLogger(__name__)
+
+
+def live_generation(app) -> int | None:
+    """The group coordinator's current generation (-1 once expelled), or None if not known."""
+    try:
+        return app.consumer._thread._ensure_consumer()._coordinator.generation
+    except Exception:  # not started, or another transport: fall back to Faust's copy
+        return None
+
+
+class GenerationFence:
+    """The fence of ``transaction.Fence`` on a Faust app."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def may_start(self, token: int) -> bool:
+        return self.app.flow_control.is_active() and self.app.consumer_generation_id == token
+
+    def owns(self, token: int) -> bool:
+        live = live_generation(self.app)
+        return self.app.consumer_generation_id == token and (live is None or live == token)
+
+
+class KafkaChangelog:
+    """Produces records to one table's changelog topic (partition = the source partition)."""
+
+    def __init__(self, app, topic: str):
+        self.app = app
+        self.topic = topic
+
+    async def send(self, key: bytes, value: bytes, partition: int) -> Awaitable[int]:
+        future = await self.app.producer._ensure_producer().send(self.topic, value, key=key, partition=partition)
+        return _offset_of(future)
+
+
+async def _offset_of(future) -> int:
+    return (await future).offset  # raises if the broker refused the record
+
+
+class TableStore:
+    """A Faust table's RocksDB store, per partition (keys and values are raw bytes)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def _db(self, partition: int):
+        return self.table.data._db_for_partition(partition)
+
+    def load(self, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
+        return self._db(partition).get(list(keys))
+
+    def write(self, partition: int, items: Sequence[tuple[bytes, bytes]], changelog_offset: int) -> None:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in items:
+            batch.put(key, value)
+        batch.put(self.table.data.offset_key, str(int(changelog_offset)).encode())
+        self._db(partition).write(batch)
+
+
+class ConsumerSource:
+    """Acks and releases Faust messages of the app's consumer."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def ack(self, messages: Sequence) -> None:
+        ack = self.app.consumer.ack
+        for message in messages:
+            ack(message)
+
+    def release(self, messages: Sequence) -> None:
+        release(self.app.consumer, messages)
+
+
+def release(consumer, messages: Sequence) -> None:
+    """Forget messages that will not be acked: untracked (Faust's ``wait_empty`` no longer waits for
+    them) and their partitions' read offsets dropped, so the messages fetched again after the rebalance's
+    seek to the committed offsets are delivered, not taken for repeats."""
+    for message in messages:
+        consumer._unacked_messages.discard(message)
+        message.tracked = False
+    for tp in {m.tp for m in messages if getattr(m, "tp", None) is not None}:
+        consumer._read_offset[tp] = None
+
+
+def _too_large(exc: BaseException) -> bool:
+    cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
+    return (
+        isinstance(cause, MessageSizeTooLargeError | RecordTooLargeError) or "too large" in str(exc).lower()
+    )
+
+
+class KafkaSideOutputs:
+    """Publishes a batch's dead letters (``dlq``), late events (``late``) and forwards (``forward``, keyed
+    by entity, to the entity's partition, with the origin header)."""
+
+    def __init__(self, app, source_topic: str, dlq: str, late: str, forward: str, partitions: int):
+        self.app = app
+        self.source_topic = source_topic
+        self.dlq, self.late, self.forward = dlq, late, forward
+        self.partitions = partitions
+
+    async def _send(self, topic: str, e: Envelope, partition=None, origin=None):
+        headers = [origin_header(*origin)] if origin else None
+        send = self.app.producer._ensure_producer().send
+        try:
+            return await send(topic, e.value, key=e.key, partition=partition, headers=headers), topic, e, origin
+        except KafkaError as exc:  # refused before sending (e.g. larger than max_request_size)
+            return exc, topic, e, origin
+
+    async def send(self, result: BatchResult) -> Awaitable[None]:
+        sent = [await self._send(self.dlq, e) for e in result.dead]
+        sent += [await self._send(self.late, e) for e in result.late]
+        for e, origin in zip(result.forward, result.forward_origins, strict=True):
+            sent.append(await self._send(self.forward, e, entity_partition(e.key, self.partitions), origin))
+        return self._confirm(sent)
+
+    async def _confirm(self, sent) -> None:
+        for item in sent:
+            await self._delivered(item)
+
+    async def _delivered(self, sent) -> None:
+        """Wait for one side record; one too large to publish is dead-lettered without its payload."""
+        future, topic, e, origin = sent
+        try:
+            if isinstance(future, BaseException):
+                raise future
+            await future
+        except (ProducerSendError, KafkaError) as exc:
+            if not _too_large(exc):
+                raise
+            why = f"too large for {topic} ({type(exc.__cause__ or exc).__name__})"
+            if origin is None:  # a dead letter or late event: its envelope, minus the payload
+                value = without_payload(e.value, why)
+            else:  # a forwarded event: a dead letter that points at the source record
+                value = without_payload(
+                    envelope("cannot forward to the entity's partition", self.source_topic, *origin, e.value), why
+                )
+            log.error("%s: %s", self.source_topic, why)
+            send = self.app.producer._ensure_producer().send
+            await (await send(self.dlq, value, key=e.key))

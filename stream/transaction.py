@@ -1,0 +1,258 @@
+"""The partition transaction: one batch of fetched messages taken to durable, acknowledged online state.
+
+Every batch the worker applies goes through ``PartitionTransaction.run``, the one place that orders the
+steps which make online state effectively once. Each step, and what a crash or a rebalance there leaves:
+
+1. **started**: the fence holds (the messages belong to the current consumer generation and no
+   rebalance is under way), else the batch is *abandoned* with nothing written: the messages are
+   released (never acked) and their partitions replay from the committed offsets.
+2. **processed** (pure, ``BatchProcessor``): records below their partition's checkpoint are skipped
+   whole (handled before a crash); the rest become state writes, dead letters, late events and
+   forwards. The fence is checked again; a rebalance begun meanwhile abandons the batch, nothing written.
+3. **prepared**: state writes and side records (dead letters, late events, forwards) are produced;
+   once the side records are acknowledged, each touched partition's checkpoint is produced after its
+   state writes, and every changelog record is acknowledged. A crash here leaves some records in the
+   changelog and nothing acked at the source: the replay skips whatever reached the changelog (table
+   recovery restores it; per-entity applied offsets and the checkpoint say so) and applies the rest.
+   A checkpoint is written only after its side records are durable, so skipping never loses one.
+4. **stored**: if the consumer generation is still the batch's, the local store gets the same records,
+   with the partition's highest changelog offset, in one atomic write per partition. A rebalance under
+   way waits for this batch (Faust's ``wait_empty`` waits for its tracked messages), so it completes. If
+   the group moved on without this worker (it was expelled), nothing more is done: the changelog holds
+   the records and whoever owns the partitions now replays them, deduplicated.
+5. **complete**: the source messages are acked; Faust commits acked offsets, and the broker refuses a
+   commit from an older generation.
+
+Any exception makes the batch **failed**: its messages are released and the error propagates (the
+worker stops rather than fetch past unacked messages; a restart replays them). The module knows Kafka,
+Faust and RocksDB only through the small ports below, so every step is unit-tested with in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aggregations.bookkeeping import CHECKPOINT_KEY, Checkpoint
+
+from .forwarding import forwarded_groups
+from .processor import BatchProcessor, BatchResult, StateWrite
+
+log = logging.getLogger(__name__)
+
+
+class TxState(enum.Enum):
+    STARTED = "started"
+    PROCESSED = "processed"
+    PREPARED = "prepared"
+    STORED = "stored"
+    COMPLETE = "complete"
+    ABANDONED = "abandoned"
+    FAILED = "failed"
+
+
+class BatchKind(enum.Enum):
+    SOURCE = "source"  # messages of the source topic
+    FORWARDED = "forwarded"  # messages of <topic>.by-entity
+
+
+class Fence(Protocol):
+    """Whether this worker may still act on messages fetched in consumer generation ``token``."""
+
+    def may_start(self, token: int) -> bool:
+        """Start (or keep preparing) a batch: same generation, and no rebalance under way."""
+
+    def owns(self, token: int) -> bool:
+        """Store and ack a prepared batch: the group has not moved past the generation."""
+
+
+class Changelog(Protocol):
+    """Produces table records; ``send`` hands one over and returns an awaitable of its offset."""
+
+    async def send(self, key: bytes, value: bytes, partition: int) -> Awaitable[int]: ...
+
+
+class SideOutputs(Protocol):
+    """Dead letters, late events and forwards of a batch: ``send`` hands them all over and returns an
+    awaitable that completes once every one is acknowledged."""
+
+    async def send(self, result: BatchResult) -> Awaitable[None]: ...
+
+
+class Store(Protocol):
+    """The local tile store, per source partition."""
+
+    def load(self, partition: int, keys: Sequence[bytes]) -> Sequence[bytes | None]: ...
+
+    def write(self, partition: int, items: Sequence[tuple[bytes, bytes]], changelog_offset: int) -> None:
+        """Write ``items`` and the changelog offset they reach, atomically."""
+
+
+class Source(Protocol):
+    """The fetched messages' consumer: ``ack`` lets their offsets be committed; ``release`` forgets them
+    so that they are fetched again from the committed offset (never committed past)."""
+
+    def ack(self, messages: Sequence) -> None: ...
+
+    def release(self, messages: Sequence) -> None: ...
+
+
+@dataclass
+class Ports:
+    fence: Fence
+    changelog: Changelog
+    side: SideOutputs
+    store: Store
+    source: Source
+
+
+@dataclass
+class TxOutcome:
+    """What a transaction did: its final state, the processed result, and how many messages it skipped
+    as already handled (below their partition's checkpoint)."""
+
+    state: TxState
+    result: BatchResult = field(default_factory=BatchResult)
+    skipped: int = 0
+    reason: str = ""
+
+
+class PartitionTransaction:
+    """One batch of one feature set: ``run`` takes it through the steps of the module docstring."""
+
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        kind: BatchKind,
+        messages: Sequence,
+        token: int,
+        ports: Ports,
+        now_ms: Callable[[], int],
+        on_step: Callable[[TxState], Any] | None = None,
+    ):
+        self.processor = processor
+        self.kind = kind
+        self.messages = list(messages)
+        self.token = token
+        self.ports = ports
+        self.now_ms = now_ms
+        self.state = TxState.STARTED
+        self._on_step = on_step
+
+    def _step(self, state: TxState) -> None:
+        self.state = state
+        if self._on_step is not None:
+            self._on_step(state)
+
+    def _abandon(self, reason: str, result: BatchResult | None = None) -> TxOutcome:
+        self.ports.source.release(self.messages)
+        self._step(TxState.ABANDONED)
+        log.info("batch of %d message(s) abandoned: %s", len(self.messages), reason)
+        return TxOutcome(TxState.ABANDONED, result or BatchResult(), reason=reason)
+
+    async def run(self) -> TxOutcome:
+        self._unawaited: list = []
+        try:
+            return await self._run()
+        except BaseException:
+            for pending in self._unawaited:  # acknowledgements nobody will wait for now
+                if inspect.iscoroutine(pending):
+                    pending.close()
+            if self.state not in (TxState.COMPLETE, TxState.ABANDONED):
+                self.ports.source.release(self.messages)
+                self._step(TxState.FAILED)
+            raise
+
+    async def _run(self) -> TxOutcome:
+        ports = self.ports
+        if not ports.fence.may_start(self.token):
+            return self._abandon("a rebalance began before the batch started")
+        checkpoints = self._checkpoints()
+        fresh = [m for m in self.messages if m.offset >= self._position(checkpoints[m.partition])]
+        skipped = len(self.messages) - len(fresh)
+        result, writes = self._process(fresh)
+        result.duplicates += skipped
+        if self.kind is BatchKind.SOURCE:
+            result.consumed += skipped
+        for m in self.messages:
+            self._advance(checkpoints[m.partition], m.offset + 1)
+        self._step(TxState.PROCESSED)
+        if not ports.fence.may_start(self.token):
+            return self._abandon("a rebalance began while the batch was processed", result)
+
+        state_acks = [await ports.changelog.send(w.key, w.value, w.partition) for w in writes]
+        self._unawaited = list(state_acks)
+        side_acks = await ports.side.send(result)
+        self._unawaited.append(side_acks)
+        await side_acks  # side records durable before any checkpoint that covers them
+        check_acks = []
+        for partition, checkpoint in sorted(checkpoints.items()):
+            ack = await ports.changelog.send(CHECKPOINT_KEY, checkpoint.encode(), partition)
+            self._unawaited.append(ack)
+            check_acks.append((partition, ack))
+        top: dict[int, int] = {}
+        for w, ack in zip(writes, state_acks, strict=True):
+            top[w.partition] = max(top.get(w.partition, -1), await ack)
+        for partition, ack in check_acks:
+            top[partition] = max(top.get(partition, -1), await ack)
+        self._step(TxState.PREPARED)
+
+        if not ports.fence.owns(self.token):
+            return self._abandon("the group moved on while the changelog was written", result)
+        items: dict[int, list[tuple[bytes, bytes]]] = {}
+        for w in writes:
+            items.setdefault(w.partition, []).append((w.key, w.value))
+        for partition, checkpoint in checkpoints.items():
+            items.setdefault(partition, []).append((CHECKPOINT_KEY, checkpoint.encode()))
+        for partition, batch in sorted(items.items()):
+            ports.store.write(partition, batch, top[partition])
+        self._step(TxState.STORED)
+        ports.source.ack(self.messages)
+        self._step(TxState.COMPLETE)
+        return TxOutcome(TxState.COMPLETE, result, skipped)
+
+    def _checkpoints(self) -> dict[int, Checkpoint]:
+        partitions = sorted({m.partition for m in self.messages})
+        return {p: Checkpoint.decode(self.ports.store.load(p, [CHECKPOINT_KEY])[0]) for p in partitions}
+
+    def _position(self, checkpoint: Checkpoint) -> int:
+        return checkpoint.source if self.kind is BatchKind.SOURCE else checkpoint.by_entity
+
+    def _advance(self, checkpoint: Checkpoint, next_offset: int) -> None:
+        if self.kind is BatchKind.SOURCE:
+            checkpoint.source = max(checkpoint.source, next_offset)
+        else:
+            checkpoint.by_entity = max(checkpoint.by_entity, next_offset)
+
+    def _process(self, messages: Sequence) -> tuple[BatchResult, list[StateWrite]]:
+        """The processor's result over every group of the batch, each group seeing the earlier ones' writes."""
+        if not messages:
+            return BatchResult(), []
+        now = self.now_ms()
+        if self.kind is BatchKind.SOURCE:
+            groups: list[tuple[str | None, Sequence]] = [(None, messages)]
+        else:
+            groups = list(forwarded_groups(messages))
+        overlay: dict[tuple[int, bytes], bytes] = {}
+        store = self.ports.store
+
+        def load(partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
+            missing = [k for k in keys if (partition, k) not in overlay]
+            loaded = dict(zip(missing, store.load(partition, missing), strict=True)) if missing else {}
+            return [overlay.get((partition, k), loaded.get(k)) for k in keys]
+
+        total = BatchResult()
+        for slot, records in groups:
+            part = self.processor.process(records, now, load, slot)
+            for w in part.writes:
+                overlay[(w.partition, w.key)] = w.value
+            part.writes = []
+            if slot is not None:
+                part.consumed = 0  # counted when consumed from the source topic
+            total.absorb(part)
+        writes = [StateWrite(p, k, v) for (p, k), v in overlay.items()]
+        return total, writes
