@@ -40,10 +40,17 @@ def run(args) -> int:
     registry = load_registry(args.definitions)
     sets = list(registry.feature_sets.values())
     servers = bootstrap_servers(args.broker)
+    from aggregations.retry import Retrying, retrying
+
+    where = f"connecting to Kafka at {args.broker}"
     try:
-        admin = KafkaAdminClient(bootstrap_servers=servers, client_id="featurestream-plan")
-        consumer = KafkaConsumer(
-            bootstrap_servers=servers, enable_auto_commit=False, client_id="featurestream-plan"
+        admin = Retrying(retrying(lambda: KafkaAdminClient(bootstrap_servers=servers, client_id="featurestream-plan"), where, deadline_s=20))
+        consumer = Retrying(
+            retrying(
+                lambda: KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, client_id="featurestream-plan"),
+                where,
+                deadline_s=20,
+            )
         )
     except Exception as exc:
         raise ValueError(f"cannot reach Kafka at {args.broker}: {exc} (check --broker)") from exc
@@ -65,6 +72,8 @@ def run(args) -> int:
                 f"{'yes' if s.has_state else 'no'}; group {args.app_id} consumed the source: "
                 f"{'yes' if s.group_committed else 'no'}"
             )
+            for partition, (state, group) in sorted(s.behind.items()):
+                print(f"  state behind the group: source partition {partition} at {state}, group at {group}")
             for change in s.changes:
                 print(f"  change: {change}")
             print(f"  -> {s.action}")

@@ -181,14 +181,18 @@ class Offsets:
         from kafka import KafkaAdminClient, KafkaConsumer
 
         self.broker = broker
-        self.admin = KafkaAdminClient(bootstrap_servers=broker, client_id="featurestream-verify", **(kafka_config or {}))
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=broker,
-            client_id="featurestream-verify",
-            enable_auto_commit=False,
-            group_id=None,
-            **(kafka_config or {}),
-        )
+        from aggregations.retry import Retrying, retrying
+
+        where = f"connecting to Kafka at {broker}"
+        self.admin = Retrying(retrying(
+            lambda: KafkaAdminClient(bootstrap_servers=broker, client_id="featurestream-verify", **(kafka_config or {})),
+            where,
+        ))  # fmt: skip
+        self.consumer = Retrying(retrying(
+            lambda: KafkaConsumer(bootstrap_servers=broker, client_id="featurestream-verify", enable_auto_commit=False,
+                                  group_id=None, **(kafka_config or {})),
+            where,
+        ))  # fmt: skip
 
     def close(self) -> None:
         self.consumer.close()
@@ -252,19 +256,24 @@ class Offsets:
 
 
 def entity_of_record(fs, key: bytes | None, value: bytes | None) -> set[str]:
-    """The entity keys a record may touch: its payload's entity key and its Kafka key."""
-    out = set()
-    if key:
-        out.add(key.decode("utf-8", "replace"))
+    """The entity a source record touches, decoded and validated as every consumer does
+    (``aggregations.schema``): the table key of its entity columns, or nothing for a record the worker
+    dead-letters. The Kafka key is not an entity: producers may key by anything."""
+    from aggregations.schema import InvalidValue, parse_payload
+
+    validator = _validators.get(fs.name)
+    if validator is None or validator.feature_set is not fs:
+        from aggregations.schema import EventValidator
+
+        validator = _validators[fs.name] = EventValidator(fs)
     try:
-        obj = json.loads(value) if value else None
-    except (ValueError, TypeError):
-        obj = None
-    if isinstance(obj, dict):
-        parts = [obj.get(n) for n in fs.entity_names]
-        if all(isinstance(p, str) and p for p in parts):
-            out.add("\x1f".join(parts))
-    return out
+        row = validator.validate(parse_payload(value), int(time.time() * 1000))
+    except InvalidValue:
+        return set()
+    return {"\x1f".join(str(row[n]) for n in fs.entity_names)}
+
+
+_validators: dict = {}
 
 
 # --- online reads ---------------------------------------------------------------------------------------

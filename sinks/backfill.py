@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from aggregations import FeatureSet
+from aggregations.retry import Retrying, retrying
 
 from .layout import temp_path
 from .parquet_sink import ParquetSink, _Buffer, default_group
@@ -240,8 +241,13 @@ def _committed(bootstrap: str, group: str, topic: str, client_config: dict | Non
     """The live sink group's committed offsets of ``topic`` (empty if it never committed)."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap.split(","), client_id="featurestream-backfill", **dict(client_config or {})
+    admin = Retrying(
+        retrying(
+            lambda: KafkaAdminClient(
+                bootstrap_servers=bootstrap.split(","), client_id="featurestream-backfill", **dict(client_config or {})
+            ),
+            f"connecting to Kafka at {bootstrap}",
+        )
     )
     try:
         offsets = admin.list_group_offsets({group: None}).get(group, {})

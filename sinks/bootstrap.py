@@ -14,6 +14,10 @@ Two conditions make that exact, and bootstrap checks both before writing anythin
   writes on top, the newest record per key winning);
 * the worker group (the Faust app id) has not committed source offsets past what the dataset holds
   (or the sink has committed): a worker resuming there would skip events that are in neither.
+
+Each changelog partition ends with a checkpoint record (``aggregations.bookkeeping.Checkpoint``): the
+source offset the dataset covers there, so the worker skips what the state already holds and ``plan``
+can tell a bootstrapped state from a stale one.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aggregations import FeatureSet
+from aggregations.bookkeeping import CHECKPOINT_KEY, Checkpoint
 from aggregations.naming import DEFAULT_APP_ID, changelog_topic
+from aggregations.retry import Retrying, retrying
 
 from .dataset import count_events
 from .layout import dataset_dir, source_path
@@ -95,7 +101,12 @@ def bootstrap(
     changelog = changelog_topic(fs, app_id)
     stats = BootstrapStats(topic=changelog)
     security = dict(client_config or {})
-    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="featurestream-bootstrap", **security)
+    admin = Retrying(
+        retrying(
+            lambda: KafkaAdminClient(bootstrap_servers=servers, client_id="featurestream-bootstrap", **security),
+            f"connecting to Kafka at {broker}",
+        )
+    )
     try:
         n_source = _partition_count(admin, source)
         if n_source is None:
@@ -105,7 +116,9 @@ def bootstrap(
             raise BootstrapRefused(
                 f"changelog {changelog!r} has {n_changelog} partitions, source {source!r} has {n_source}"
             )
-        elif n_changelog is not None and not force and _holds_records(servers, changelog, n_changelog, security):
+        elif n_changelog is not None and not force and retrying(
+            lambda: _holds_records(servers, changelog, n_changelog, security), "reading the changelog's offsets"
+        ):
             raise BootstrapRefused(
                 f"changelog {changelog!r} already holds state of feature set {fs.name!r} (definition "
                 f"{fs.fingerprint()}): a worker built it, or an earlier bootstrap did. Use --force to write on "
@@ -113,7 +126,8 @@ def bootstrap(
             )
         worker_committed = _committed(admin, app_id, source)
         sink_committed = _committed(admin, sink_group or default_group(fs), source)
-        _check_gap(source, app_id, worker_committed, sink_committed, dataset_frontier(fs, store), force)
+        frontier = dataset_frontier(fs, store)
+        _check_gap(source, app_id, worker_committed, sink_committed, frontier)
         if n_changelog is None:
             _create_changelog(admin, changelog, n_source)
     finally:
@@ -139,6 +153,13 @@ def bootstrap(
             if errors:
                 break
         producer.flush()
+        # Last in each partition: how far its source is covered (in the dataset, or skipped by the sink as
+        # invalid). A worker skips source records below it whole; `plan` compares it with the group.
+        for partition in range(n_source):
+            covered = max(frontier.get(partition, 0), sink_committed.get(partition, 0))
+            future = producer.send(changelog, key=CHECKPOINT_KEY, value=Checkpoint(covered).encode(), partition=partition)
+            future.add_errback(errors.append)
+        producer.flush()
     finally:
         producer.close()
         bar.close()
@@ -160,14 +181,15 @@ def dataset_frontier(fs: FeatureSet, store: str | Path) -> dict[int, int]:
     return out
 
 
-def _check_gap(source, app_id, worker_committed, sink_committed, frontier, force: bool) -> None:
-    """Refuse when the worker group would resume past what the dataset holds (those events would be lost)."""
+def _check_gap(source, app_id, worker_committed, sink_committed, frontier) -> None:
+    """Refuse when the worker group would resume past what the dataset holds (those events would be lost,
+    ``force`` or not: it only allows writing over existing state)."""
     gaps = []
     for p, committed in sorted(worker_committed.items()):
         covered = max(frontier.get(p, 0), sink_committed.get(p, 0))
         if committed > covered:
             gaps.append(f"partition {p}: offsets {covered}..{committed - 1}")
-    if gaps and not force:
+    if gaps:
         raise BootstrapRefused(
             f"worker group {app_id!r} has committed source offsets of {source!r} beyond what the dataset holds "
             f"({'; '.join(gaps)}): a worker resuming there would count those events in neither. Let the sink "
@@ -210,7 +232,7 @@ def _holds_records(servers: list[str], topic: str, partitions: int, security: di
     return any(end[tp] > begin[tp] for tp in tps)
 
 
-def _committed(admin, group: str, topic: str) -> dict[int, int]:
+def _committed(admin, group: str, topic: str) -> dict[int, int]:  # admin: a Retrying client
     """A consumer group's committed offsets of ``topic`` (empty if it never committed)."""
     offsets = admin.list_group_offsets({group: None}).get(group, {})
     return {

@@ -191,11 +191,12 @@ def add_maintenance_commands(subparsers, common) -> None:
         description=(
             "Rebuild the online tile state of a new or changed feature set from its Parquet dataset and\n"
             "write it to the tile table's changelog topic (<app-id>-<set>-tiles-<fingerprint>-changelog),\n"
-            "each entity in its source partition, with the highest stored source offset per entity. Then\n"
+            "each entity in its home partition, with the highest stored source offset per entity. Then\n"
             "start the workers on fresh state dirs: they recover the table from the changelog and apply\n"
             "only source events past each entity's stored offset, so no event counts twice or is missed.\n"
-            "Refuses (writes nothing) if the changelog already holds state, or if the worker group has\n"
-            "committed source offsets beyond what the dataset holds."
+            "Refuses (writes nothing) if the changelog already holds state (--force writes over it: the\n"
+            "way to rebuild a rolled-back definition's stale state), or if the worker group has committed\n"
+            "source offsets beyond what the dataset holds (run `featurestream sink --once` first)."
         ),
         epilog="example:\n  featurestream sink --once --feature-set transactions\n"
         "  featurestream bootstrap --feature-set transactions",
@@ -208,7 +209,7 @@ def add_maintenance_commands(subparsers, common) -> None:
     )
     s.add_argument("--topic", help="the source topic (default: the topic the dataset was written from)")
     s.add_argument("--now", type=int, help="expire state as of this time, epoch ms (default: now)")
-    s.add_argument("--force", action="store_true", help="write even if the checks refuse (see above)")
+    s.add_argument("--force", action="store_true", help="write over state the changelog already holds (see above)")
     s.add_argument("--sink-group", help="the live sink's consumer group (default featurestream-sink-<set>)")
     s.add_argument(
         "--partitions", type=int, help="entity-hash partitions of the work (default: from the data size)"

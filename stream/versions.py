@@ -1,11 +1,20 @@
-"""Definition versions on the broker: refuse to start a changed feature set on empty online state.
+"""Definition versions on the broker: refuse to start a feature set on online state that has not applied
+what the worker group already consumed.
 
 A set's tile table (and changelog) is named after its definition's fingerprint, so a changed definition
-never reads old state. But it would start *empty* while the worker group resumes the source topic after
-the events it already consumed: every window would miss its history, silently, until the longest window
-has passed. ``check_versions`` refuses that start with the ways out (``featurestream bootstrap`` from the
-Parquet history, or an explicit ``--allow-partial-state``). Each definition a worker runs is recorded in
-a compacted topic, so ``featurestream plan`` can show what a change does before it is deployed.
+never reads old state. Two starts would still serve wrong windows, silently:
+
+* a new or changed definition starts on *empty* state while the group resumes the source after the
+  events it already consumed: windows miss their history until the longest window has passed;
+* a definition rolled back to starts on *its old* state, which stopped where that version stopped,
+  while the group has since consumed more under another version: those events are missing for good.
+
+Both are detected the same way: every transaction ends each changelog partition with a checkpoint record
+(``aggregations.bookkeeping.Checkpoint``) saying how far that partition's source was processed, and the
+newest checkpoint is compared with the group's committed source offsets. ``check_versions`` refuses such a
+start with the ways out (``featurestream bootstrap`` from the Parquet history, or an explicit
+``--allow-partial-state``). Each definition a worker runs is recorded in a compacted topic, so
+``featurestream plan`` can show what a change does before it is deployed.
 """
 
 from __future__ import annotations
@@ -16,8 +25,10 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from aggregations.bookkeeping import CHECKPOINT_KEY, Checkpoint
 from aggregations.definitions import FeatureSet
 from aggregations.naming import changelog_topic, changelog_versions, definitions_topic
+from aggregations.retry import Retrying, retrying
 from aggregations.versioning import definition_changes
 
 log = logging.getLogger(__name__)
@@ -37,9 +48,17 @@ class SetVersion:
     other_versions: list[str] = field(default_factory=list)  # fingerprints of other deployed versions
     group_committed: bool = False  # the worker group committed offsets of the source topic
     changes: list[str] = field(default_factory=list)  # from the newest recorded other version
+    # Source partitions whose state stopped before the group's committed offset: {p: [state, group]}.
+    behind: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def action(self) -> str:
+        if self.has_state and self.behind:
+            return (
+                "rolled back (or resumed after another version ran): this version's state stopped before "
+                f"the group's committed offsets ({_gaps(self.behind)}); run `featurestream bootstrap "
+                f"--feature-set {self.name} --force` before starting workers (they refuse otherwise)"
+            )
         if self.has_state:
             return "unchanged: the workers resume this version's state"
         if not self.other_versions:
@@ -52,7 +71,11 @@ class SetVersion:
 
     @property
     def blocked(self) -> bool:
-        return not self.has_state and self.group_committed
+        return bool(self.behind) or (not self.has_state and self.group_committed)
+
+
+def _gaps(behind: Mapping[int, list[int]]) -> str:
+    return ", ".join(f"partition {p}: state at {state}, group at {group}" for p, (state, group) in sorted(behind.items()))
 
 
 def inspect_versions(
@@ -60,7 +83,8 @@ def inspect_versions(
 ) -> list[SetVersion]:
     """Each set's version status; ``admin``/``consumer`` are kafka-python clients, ``sources`` set -> topic."""
     topics = set(admin.list_topics())
-    committed = _committed_topics(admin, app_id)
+    offsets = _committed_offsets(admin, app_id)
+    committed = {topic for topic, _ in offsets}
     recorded = read_definitions(consumer, app_id) if definitions_topic(app_id) in topics else {}
     out = []
     for fs in feature_sets:
@@ -70,6 +94,10 @@ def inspect_versions(
         has_state = current in topics and _holds_records(consumer, current)
         others = sorted(v for v in versions if v != fp)
         status = SetVersion(fs.name, fp, has_state, others, sources[fs.name] in committed)
+        if has_state:
+            source = sources[fs.name]
+            group = {p: o for (t, p), o in offsets.items() if t == source}
+            status.behind = state_behind(newest_checkpoints(consumer, current), group)
         previous = [recorded[(fs.name, v)] for v in others if (fs.name, v) in recorded]
         if previous:
             newest = max(previous, key=lambda r: r.get("recorded_ms", 0))
@@ -83,6 +111,18 @@ def check_versions(statuses: list[SetVersion], allow_partial: bool = False) -> N
     for s in statuses:
         if not s.blocked:
             continue
+        if s.behind:
+            message = (
+                f"feature set {s.name!r} (definition {s.fingerprint}) has online state, but it stopped before "
+                f"what the worker group has consumed since ({_gaps(s.behind)}): another definition ran in "
+                "between (a rollback?) and this state never saw those events. Run `featurestream bootstrap "
+                f"--feature-set {s.name} --force` (from the Parquet history) and start again, or pass "
+                "--allow-partial-state to serve it as it is."
+            )
+            if allow_partial:
+                log.warning("%s (allowed by --allow-partial-state)", message)
+                continue
+            raise DefinitionChanged(message)
         what = (
             "changed"
             if s.other_versions
@@ -138,13 +178,58 @@ def read_definitions(consumer, app_id: str, timeout_s: float = 10.0) -> dict[tup
     return out
 
 
-def _committed_topics(admin, group: str) -> set[str]:
+def state_behind(checkpoints: Mapping[int, Checkpoint | None], group: Mapping[int, int]) -> dict[int, list[int]]:
+    """Source partitions where the group committed past the state's newest checkpoint: {p: [state, group]}.
+
+    A partition without a checkpoint (state written before checkpoints existed) is not judged."""
+    out = {}
+    for partition, offset in group.items():
+        checkpoint = checkpoints.get(partition)
+        if checkpoint is not None and offset > checkpoint.source:
+            out[int(partition)] = [checkpoint.source, int(offset)]
+    return out
+
+
+#: How far back from a changelog partition's end to look for its newest checkpoint: a crash can leave at
+#: most one batch of state records (at most ``batch_max`` entities) after it.
+CHECKPOINT_SCAN = 20_000
+
+
+def newest_checkpoints(consumer, topic: str, timeout_s: float = 30.0) -> dict[int, Checkpoint | None]:
+    """Per partition of a changelog, its newest checkpoint record (None if none near the end)."""
+    from kafka.structs import TopicPartition
+
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    if not tps:
+        return {}
+    begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+    out: dict[int, Checkpoint | None] = {tp.partition: None for tp in tps}
+    todo = [tp for tp in tps if end[tp] > begin[tp]]
+    if not todo:
+        return out
+    consumer.assign(todo)
+    for tp in todo:
+        consumer.seek(tp, max(begin[tp], end[tp] - CHECKPOINT_SCAN))
+    deadline = time.monotonic() + timeout_s
+    pending = set(todo)
+    while pending and time.monotonic() < deadline:
+        for tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
+            for record in records:
+                if record.key == CHECKPOINT_KEY and record.offset < end[tp]:
+                    out[tp.partition] = Checkpoint.decode(record.value)
+        pending = {tp for tp in pending if consumer.position(tp) < end[tp]}
+    consumer.unsubscribe()
+    return out
+
+
+def _committed_offsets(admin, group: str) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the group's committed offset (empty for an unknown group)."""
     try:
         offsets = admin.list_group_offsets({group: None}).get(group, {})
     except Exception as exc:  # an unknown group has no offsets
         log.debug("no committed offsets of group %s: %s", group, exc)
-        return set()
-    return {tp.topic for tp, meta in offsets.items() if meta.offset >= 0}
+        return {}
+    return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 def _holds_records(consumer, topic: str) -> bool:
@@ -172,12 +257,17 @@ def guard_versions(
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
     extra = dict(client_config or {})
-    admin = KafkaAdminClient(bootstrap_servers=broker_servers, client_id="featurestream-versions", **extra)
-    consumer = KafkaConsumer(
-        bootstrap_servers=broker_servers,
-        enable_auto_commit=False,
-        client_id="featurestream-versions",
-        **extra,
+    where = f"connecting to Kafka at {','.join(broker_servers)}"
+    admin = Retrying(
+        retrying(lambda: KafkaAdminClient(bootstrap_servers=broker_servers, client_id="featurestream-versions", **extra), where)
+    )
+    consumer = Retrying(
+        retrying(
+            lambda: KafkaConsumer(
+                bootstrap_servers=broker_servers, enable_auto_commit=False, client_id="featurestream-versions", **extra
+            ),
+            where,
+        )
     )
     try:
         statuses = inspect_versions(admin, consumer, feature_sets, sources, app_id)
@@ -198,7 +288,9 @@ def guard_versions(
     finally:
         consumer.close()
         admin.close()
-    producer = KafkaProducer(bootstrap_servers=broker_servers, client_id="featurestream-versions", **extra)
+    producer = retrying(
+        lambda: KafkaProducer(bootstrap_servers=broker_servers, client_id="featurestream-versions", **extra), where
+    )
     try:
         record_definitions(producer, feature_sets, app_id)
     finally:

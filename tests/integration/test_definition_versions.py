@@ -89,3 +89,75 @@ def test_a_changed_definition_is_planned_and_refused_on_empty_state(kafka_bootst
     assert code == 2, log
     assert "feature set 'transactions' changed" in log and "featurestream bootstrap" in log, log
     assert "Traceback" not in log, log
+
+
+def wait_committed(bootstrap: str, group: str, n: int, worker) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while committed(bootstrap, group) < n:  # Faust commits every few seconds
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.5)
+
+
+def test_rolling_back_to_an_older_definition_is_refused_until_its_state_is_rebuilt(kafka_bootstrap, tmp_path):
+    from sinks import ParquetSink
+    from tests.integration.test_worker import TX, Events, assert_oracle, make_events
+
+    run_id = uuid.uuid4().hex[:8]
+    prefix, app_id = f"rb-{run_id}-", f"fs-rb-{run_id}"
+    topic = f"{prefix}transactions"
+    data = tmp_path / "data"
+    users = [f"r{run_id}-{i}" for i in range(10)]
+    events = Events(kafka_bootstrap, topic)
+    v2 = tmp_path / "features_v2.py"
+    v2.write_text(EXAMPLE.read_text().replace('"1h", "1d", "90d"', '"2h", "1d", "90d"').replace("_1h", "_2h"))
+
+    def sink_once() -> None:
+        ParquetSink(TX, data, kafka_bootstrap, group=f"sink-{run_id}", topic=topic).run(once=True)
+
+    def bootstrap(*extra: str) -> subprocess.CompletedProcess:
+        return cli("bootstrap", "--feature-set", "transactions", "--broker", kafka_bootstrap, "--data-dir",
+                   str(data), "--app-id", app_id, "--sink-group", f"sink-{run_id}", "--no-progress", *extra)  # fmt: skip
+
+    try:
+        # Version 1 runs and consumes the first events.
+        v1 = Worker(kafka_bootstrap, tmp_path / "state1", prefix, app_id, tmp_path, "v1")
+        v1.start()
+        events.send(make_events(users, 300, seed=1))
+        wait_committed(kafka_bootstrap, app_id, len(events.rows), v1)
+        assert v1.stop() == 0
+        # Version 2 (1h -> 2h) is bootstrapped from the sink's dataset, runs, and consumes more events.
+        sink_once()
+        done = bootstrap("--definitions", str(v2))
+        assert done.returncode == 0, done.stdout + done.stderr
+        second = Worker(kafka_bootstrap, tmp_path / "state2", prefix, app_id, tmp_path, "v2")
+        second.extra_args = ["--definitions", str(v2)]
+        second.start()
+        events.send(make_events(users, 200, seed=2))
+        wait_committed(kafka_bootstrap, app_id, len(events.rows), second)
+        assert second.stop() == 0
+
+        # Rolling back to version 1: plan says so, and its old state (300 events) is refused.
+        plan = cli("plan", "--broker", kafka_bootstrap, "--app-id", app_id, "--topic-prefix", prefix, "--check")
+        assert plan.returncode == 1, plan.stdout + plan.stderr
+        assert "rolled back" in plan.stdout and "--force" in plan.stdout, plan.stdout
+        refused = Worker(kafka_bootstrap, tmp_path / "state1", prefix, app_id, tmp_path, "v1-again")
+        refused.launch()
+        code = refused.proc.wait(timeout=TIMEOUT_S)
+        refused.log_file.close()
+        refused.proc = None
+        log = refused.log_path.read_text()
+        assert code == 2, log
+        assert "stopped before what the worker group has consumed" in log and "--force" in log, log
+        assert "Traceback" not in log, log
+
+        # Rebuilt from the dataset, version 1 starts on its own state and serves every event once.
+        sink_once()
+        rebuilt = bootstrap("--force")
+        assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+        resumed = Worker(kafka_bootstrap, tmp_path / "state1", prefix, app_id, tmp_path, "v1-rebuilt")
+        resumed.start()
+        for user in users:
+            assert_oracle(events, resumed.features(user), user)
+        assert resumed.stop() == 0
+    finally:
+        events.producer.close()
