@@ -73,7 +73,10 @@ def _check(dtype: str, name: str, value):
     if dtype == "float64":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidValue(f"{name} must be a number, got {type(value).__name__} {str(value)[:40]!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise InvalidValue(f"{name} is out of the float64 range") from None
     if dtype == "int64":
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidValue(f"{name} must be an integer, got {type(value).__name__} {str(value)[:40]!r}")

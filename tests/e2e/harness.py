@@ -280,11 +280,13 @@ def random_events(users: list[str], n: int, rng: random.Random, span_ms: int = 2
 
 
 class Feeder(threading.Thread):
-    """Produces ``events`` at about ``rate`` per second in a background thread."""
+    """Produces ``events`` at about ``rate`` per second in a background thread; a ``misplaced`` share of
+    them keyed by another entity, so they land outside their entity's partition (forwarded by workers)."""
 
-    def __init__(self, producer: Producer, events: list[Sent], rate: float):
+    def __init__(self, producer: Producer, events: list[Sent], rate: float, misplaced: float = 0.0, seed: int = 0):
         super().__init__(daemon=True, name="feeder")
         self.producer, self.events, self.rate = producer, events, rate
+        self.misplaced, self.rng = misplaced, random.Random(seed)
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.count = 0
@@ -293,7 +295,10 @@ class Feeder(threading.Thread):
         try:
             started = time.monotonic()
             for i, e in enumerate(self.events):
-                self.producer.send(e)
+                if self.misplaced and self.rng.random() < self.misplaced:
+                    self.producer.send(e, key=f"{e.user}-elsewhere-{self.rng.randrange(1000)}".encode())
+                else:
+                    self.producer.send(e)
                 self.count = i + 1
                 ahead = self.count / self.rate - (time.monotonic() - started)
                 if ahead > 0:

@@ -52,6 +52,7 @@ def test_worker_and_sink_kill_9_repeatedly_then_empty_state_dir(kafka_bootstrap,
     try:
         feeder.start()
         worker_kills = sink_kills = 0
+        replayed = 0  # events a restarted worker found already applied: proof the kills cut batches short
         while worker_kills < KILLS or sink_kills < KILLS:
             # Mid-batch: the worker is applying the live stream right now.
             applied = worker.metric("featurestream_events_applied_total")
@@ -59,6 +60,8 @@ def test_worker_and_sink_kill_9_repeatedly_then_empty_state_dir(kafka_bootstrap,
                      "the worker applying events", detail=worker.log_tail)  # fmt: skip
             time.sleep(rng.uniform(0.0, 0.6))
             if worker_kills < KILLS:
+                if worker_kills:
+                    replayed += max(0.0, worker.metric("featurestream_events_duplicate_total"))
                 worker.kill9()
                 worker_kills += 1
                 worker.launch()
@@ -73,6 +76,8 @@ def test_worker_and_sink_kill_9_repeatedly_then_empty_state_dir(kafka_bootstrap,
         assert len(valid) == EVENTS
 
         online = compare_online(worker, valid)
+        replayed += max(0.0, worker.metric("featurestream_events_duplicate_total"))
+        assert replayed > 0, "no restarted worker replayed anything: the kills never interrupted uncommitted work"
         fault_table.add(f"worker kill -9 mid-batch x{KILLS}", len(valid), online, time.monotonic() - started)
         assert (online.lost, online.duplicated, online.mismatched) == (0, 0, 0), online.examples
 

@@ -1,0 +1,276 @@
+"""The worker's glue to Faust, aiokafka and RocksDB, without a broker: the batched drain loop
+(``stream.batch_drain``), the transaction's ports (``stream.ports``, with a real RocksDB), the agent's
+chunking, and the seek fix of ``stream.faust_fixes``. Faust's objects are stand-ins with the attributes
+the glue reads; the broker-backed behaviour is covered by tests/integration and tests/e2e."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, namedtuple
+from types import SimpleNamespace
+
+import pytest
+import rocksdict
+
+from stream import batch_drain, faust_fixes
+from stream.envelope import Envelope, open_envelope
+from stream.ports import ConsumerSource, GenerationFence, KafkaSideOutputs, TableStore, release
+from stream.processor import BatchResult
+
+TOPIC = "pay"
+TP = namedtuple("TP", "topic partition")
+
+
+class FakeMessage(SimpleNamespace):
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+
+def msg(partition: int, offset: int, generation: int = 1, topic: str = TOPIC) -> FakeMessage:
+    tp = TP(topic, partition)
+    return FakeMessage(topic=topic, partition=partition, offset=offset, tp=tp, generation_id=generation,
+                       tracked=False, key=b"k", value=b"{}", headers=[], timestamp=1.0)  # fmt: skip
+
+
+class FakeFlow:
+    def __init__(self, active=True):
+        self.active = active
+
+    def is_active(self):
+        return self.active
+
+
+def fake_consumer(app=None):
+    return SimpleNamespace(
+        app=app, _unacked_messages=set(), _read_offset=defaultdict(lambda: None), acked=[],
+        ack=lambda m: None,
+    )  # fmt: skip
+
+
+def fake_app(generation=1, flowing=True):
+    async def ebb():
+        return None
+
+    return SimpleNamespace(
+        flow_control=FakeFlow(flowing), consumer_generation_id=generation,
+        producer=SimpleNamespace(buffer=SimpleNamespace(wait_until_ebb=ebb)),
+    )  # fmt: skip
+
+
+# --- batch_drain ---------------------------------------------------------------------------------------
+
+
+def test_stale_messages_of_a_fetch_are_released_and_their_read_offsets_forgotten():
+    app = fake_app(generation=2)
+    consumer = fake_consumer(app)
+    old, new = [msg(0, 5, generation=1), msg(0, 6, generation=1)], [msg(1, 9, generation=2)]
+    for m in old + new:
+        m.tracked = True
+        consumer._unacked_messages.add(m)
+    consumer._read_offset[TP(TOPIC, 0)] = 6
+    kept = batch_drain._drop_stale(consumer, app, TOPIC, old + new)
+    assert kept == new
+    assert consumer._unacked_messages == set(new) and not any(m.tracked for m in old)
+    assert consumer._read_offset[TP(TOPIC, 0)] is None
+
+
+def test_a_whole_fetch_is_released_while_a_rebalance_is_under_way():
+    app = fake_app(flowing=False)
+    consumer = fake_consumer(app)
+    batch = [msg(0, 1), msg(0, 2)]
+    assert batch_drain._drop_stale(consumer, app, TOPIC, batch) == []
+
+
+def test_deliver_releases_the_batches_not_handed_over_when_cancelled():
+    app = fake_app()
+    consumer = fake_consumer(app)
+    first, second = [msg(0, 1)], [msg(1, 1, topic="pay.by-entity")]
+    for m in first + second:
+        consumer._unacked_messages.add(m)
+    seen = []
+
+    async def slow(messages):
+        seen.append(messages)
+        await asyncio.sleep(10)
+
+    async def scenario():
+        task = asyncio.ensure_future(batch_drain.deliver(consumer, app, {TOPIC: first, "pay.by-entity": second},
+                                                         {TOPIC: slow, "pay.by-entity": slow}))  # fmt: skip
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert seen == [first]  # the in-flight batch is its own transaction's to ack or release
+    assert consumer._unacked_messages == set(first)
+
+
+def test_the_drain_loop_delivers_each_topic_of_a_fetch_as_one_batch_and_tracks_it():
+    app = fake_app()
+    app.topics = SimpleNamespace(acks_enabled_for=lambda topic: True)
+    fetched = [(TP(TOPIC, 0), msg(0, 0)), (TP(TOPIC, 1), msg(1, 0)), (TP("other", 0), msg(0, 0, topic="other")),
+               (TP(TOPIC, 0), msg(0, 1))]  # fmt: skip
+    delivered, passed_on = [], []
+    stopped = asyncio.Event()
+
+    async def handler(messages):
+        delivered.append([(m.partition, m.offset) for m in messages])
+        assert all(m.tracked and m in consumer._unacked_messages for m in messages)
+        stopped.set()  # one fetch is enough
+
+    async def getmany(timeout):
+        for item in fetched:
+            yield item
+
+    async def callback(message):
+        passed_on.append(message)
+
+    async def wait_first(*coros):
+        await coros[0]
+        for c in coros[1:]:
+            c.close()
+
+    async def nothing(*args, **kwargs):
+        return None
+
+    consumer = SimpleNamespace(
+        app=app, callback=callback, getmany=getmany, _stopped=stopped, _read_offset=defaultdict(lambda: None),
+        diag=SimpleNamespace(set_flag=lambda f: None, unset_flag=lambda f: None), _commit_every=None,
+        _unacked_messages=set(), _n_acked=0, sleep=asyncio.sleep, should_stop=False, _add_gap=nothing,
+        commit=nothing, wait_first=wait_first, suspend_flow=SimpleNamespace(wait=nothing),
+        consumer_stopped_errors=(), log=SimpleNamespace(info=print, exception=print),
+    )  # fmt: skip
+    app.producer.buffer.wait_until_ebb = nothing
+    batch_drain.register(app, TOPIC, handler)
+    asyncio.run(batch_drain._drain_messages(consumer, SimpleNamespace(_stopped=asyncio.Event())))
+    assert delivered == [[(0, 0), (1, 0), (0, 1)]]
+    assert [m.topic for m in passed_on] == ["other"]  # unregistered topics still go Faust's way
+    assert consumer._read_offset[TP(TOPIC, 0)] == 1
+
+
+# --- ports -------------------------------------------------------------------------------------------
+
+
+class FakeTableData:
+    offset_key = b"__faust\0offset__"
+
+    def __init__(self, path):
+        self.path = path
+        self.dbs: dict[int, rocksdict.Rdict] = {}
+
+    def _db_for_partition(self, partition):
+        if partition not in self.dbs:
+            options = rocksdict.Options(raw_mode=True)
+            self.dbs[partition] = rocksdict.Rdict(str(self.path / f"p{partition}"), options=options)
+        return self.dbs[partition]
+
+
+def test_the_table_store_writes_blobs_and_changelog_offset_in_one_rocksdb_batch(tmp_path):
+    data = FakeTableData(tmp_path)
+    store = TableStore(SimpleNamespace(data=data))
+    store.write(2, [(b"a", b"1"), (b"b", b"2")], changelog_offset=41)
+    assert store.load(2, [b"a", b"b", b"c"]) == [b"1", b"2", None]
+    assert data._db_for_partition(2)[data.offset_key] == b"41"
+    for db in data.dbs.values():
+        db.close()
+
+
+def test_release_untracks_and_forgets_read_offsets_and_ack_goes_to_faust():
+    acked = []
+    consumer = fake_consumer()
+    consumer.ack = acked.append
+    batch = [msg(0, 3), msg(0, 4)]
+    for m in batch:
+        m.tracked = True
+        consumer._unacked_messages.add(m)
+    consumer._read_offset[TP(TOPIC, 0)] = 4
+    source = ConsumerSource(SimpleNamespace(consumer=consumer))
+    source.ack(batch[:1])
+    assert acked == batch[:1]
+    release(consumer, batch)
+    assert not consumer._unacked_messages and consumer._read_offset[TP(TOPIC, 0)] is None
+
+
+def test_the_generation_fence_follows_faust_and_the_live_coordinator():
+    coordinator = SimpleNamespace(generation=3)
+    thread = SimpleNamespace(_ensure_consumer=lambda: SimpleNamespace(_coordinator=coordinator))
+    app = fake_app(generation=3)
+    app.consumer = SimpleNamespace(_thread=thread)
+    fence = GenerationFence(app)
+    assert fence.may_start(3) and fence.owns(3) and not fence.may_start(2)
+    app.flow_control.active = False  # a revocation under way: no new batch, the one in flight finishes
+    assert not fence.may_start(3) and fence.owns(3)
+    coordinator.generation = -1  # expelled (heartbeat failed): the group moved on
+    assert not fence.owns(3)
+
+
+
+
+def test_a_side_record_too_large_for_its_topic_becomes_a_dead_letter_without_payload():
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    sent = []
+
+    async def send(topic, value, key=None, partition=None, headers=None):
+        sent.append((topic, key, value, partition, headers))
+        if topic == "pay.late" and len(value) > 100:
+            raise MessageSizeTooLargeError("too large")
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(SimpleNamespace(offset=len(sent)))
+        return future
+
+    app = SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: SimpleNamespace(send=send)))
+    side = KafkaSideOutputs(app, TOPIC, "pay.dlq", "pay.late", "pay.by-entity", partitions=3)
+    from stream.envelope import envelope
+
+    result = BatchResult()
+    result.late = [Envelope(b"u1", envelope("late: old", TOPIC, 1, 7, b"x" * 500))]
+    result.forward = [Envelope(b"u2", b'{"user_id":"u2"}')]
+    result.forward_origins = [(0, 9)]
+
+    async def scenario():
+        confirm = await side.send(result)
+        await confirm
+
+    asyncio.run(scenario())
+    topics = [s[0] for s in sent]
+    assert topics == ["pay.late", "pay.by-entity", "pay.dlq"]
+    forwarded = sent[1]
+    assert forwarded[4] == [("featurestream-origin", b"0:9")]
+    dead = open_envelope(sent[2][2])
+    assert dead["payload"] is None and dead["partition"] == 1 and dead["offset"] == 7
+    assert "too large for pay.late" in dead["reason"]
+
+
+# --- faust_fixes -------------------------------------------------------------------------------------
+
+
+def test_partitions_without_a_committed_offset_are_sought_to_the_beginning():
+    faust_fixes.apply()
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    sought = []
+
+    class Consumer:
+        async def seek_to_committed(self):
+            return {TP("pay", 0): None, TP("pay", 1): 0, TP("pay", 2): 17, TP("changelog", 0): None}
+
+        async def seek_to_beginning(self, *tps):
+            sought.extend(tps)
+
+    thread = SimpleNamespace(
+        _ensure_consumer=lambda: Consumer(),
+        app=SimpleNamespace(tables=SimpleNamespace(changelog_topics={"changelog"})),
+    )
+
+    async def call_thread(fn):
+        return await fn()
+
+    thread.call_thread = call_thread
+    committed = asyncio.run(AIOKafkaConsumerThread.seek_to_committed(thread))
+    assert committed[TP("pay", 2)] == 17
+    assert sorted(sought) == [TP("pay", 0), TP("pay", 1)]  # the changelog is positioned by table recovery
