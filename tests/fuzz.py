@@ -37,7 +37,7 @@ wrong_types = st.builds(
     lambda user, ts, amount: json.dumps({"user_id": user, "ts": ts, "amount": amount}).encode(),
     st.one_of(st.integers(), st.lists(st.integers(), max_size=3), st.none(), st.booleans(), st.just("")),
     st.one_of(st.booleans(), st.text(max_size=10), st.floats(allow_nan=False, allow_infinity=False),
-              st.integers(-(10**30), 10**30), st.none()),  # fmt: skip
+              st.integers(-(10**30), 10**30), st.none()),
     st.one_of(st.text(max_size=5), st.lists(st.floats(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers())),
 )
 seconds = st.integers(1_000_000_000, 2_000_000_000).map(lambda s: _event("u", s, 1.0))

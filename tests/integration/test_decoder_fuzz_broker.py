@@ -33,7 +33,7 @@ def test_the_sink_and_backfill_store_every_valid_event_once_and_survive_the_rest
         meta = producer.send(topic, key=str(i).encode(), value=payload).get(timeout=30)
         where.append((meta.partition, meta.offset))
     producer.close()
-    rows, positions, _ = EventValidator(TX).decode(payloads, NOW)
+    _rows, positions, _ = EventValidator(TX).decode(payloads, NOW)
     valid = {where[i] for i in positions}
 
     live, replayed = (tmp_path_factory.mktemp(name) for name in ("live", "replayed"))
