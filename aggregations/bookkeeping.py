@@ -175,3 +175,21 @@ class Checkpoint:
             return cls(int(body.get("source", 0)), int(body.get("by_entity", 0)))
         except (ValueError, TypeError, AttributeError):
             return cls()
+
+
+def moves_back(stored: dict[str, int] | None, incoming: dict[str, int] | None) -> bool:
+    """Whether a state record with applied offsets ``incoming`` is older than the stored one: no slot ahead
+    and some slot behind. A legitimate sequence of one entity's records never moves back; a record that
+    does is a late write of an owner that lost its partitions, and must not replace the newer state."""
+    if not stored or not incoming:
+        return False
+    if any(offset > stored.get(slot, -1) for slot, offset in incoming.items()):
+        return False
+    return any(offset > incoming.get(slot, -1) for slot, offset in stored.items())
+
+
+def checkpoint_moves_back(stored: Checkpoint, incoming: Checkpoint) -> bool:
+    """``moves_back`` for checkpoint records."""
+    return moves_back(
+        {"s": stored.source, "b": stored.by_entity}, {"s": incoming.source, "b": incoming.by_entity}
+    )

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import faust
 
+from aggregations.codec import EntityStateCodec
 from aggregations.definitions import Registry
 from aggregations.naming import DEFAULT_APP_ID, table_name
 from aggregations.schema import DEFAULT_MAX_FUTURE
 
-from . import auth, faust_fixes
+from . import auth, faust_fixes, recovery_guard
 from .agent import DEFAULT_BATCH_MAX, FeatureSetAgent
 from .metrics import WorkerMetrics
 from .reading import FeatureReader
@@ -128,6 +129,7 @@ def create_app(
             options=dict(ROCKSDB_OPTIONS),
             help=f"tile state of feature set {fs.name!r} (aggregations.codec blobs)",
         )
+        recovery_guard.install(table, EntityStateCodec(fs))
         tables[fs.name] = table
         readers[fs.name] = FeatureReader(fs)
         agents[fs.name] = FeatureSetAgent(app, fs, t, table, metrics, max_future, batch_max=batch_max)

@@ -274,3 +274,50 @@ def test_partitions_without_a_committed_offset_are_sought_to_the_beginning():
     committed = asyncio.run(AIOKafkaConsumerThread.seek_to_committed(thread))
     assert committed[TP("pay", 2)] == 17
     assert sorted(sought) == [TP("pay", 0), TP("pay", 1)]  # the changelog is positioned by table recovery
+
+
+# --- recovery guard ----------------------------------------------------------------------------------
+
+
+def test_recovery_never_moves_an_entitys_state_backwards(tmp_path):
+    import json as _json
+
+    from aggregations.bookkeeping import CHECKPOINT_KEY, Checkpoint
+    from aggregations.codec import EntityStateCodec
+    from aggregations.loading import load_registry
+    from stream.processor import BatchProcessor, SourceRecord
+    from stream.recovery_guard import install
+
+    tx = load_registry("examples/transactions/features.py").feature_set("transactions")
+    now = 1_800_000_000_000
+    processor = BatchProcessor(tx, "transactions")
+    blobs: dict = {}
+
+    def state_after(offset: int) -> bytes:
+        value = _json.dumps({"user_id": "u1", "ts": now - 1000 - offset, "amount": 1.0}).encode()
+        (write,) = processor.process([SourceRecord(0, offset, b"u1", value)], now, lambda p, ks: [blobs.get(k) for k in ks]).writes
+        blobs[b"u1"] = write.value
+        return write.value
+
+    old, new = state_after(5), state_after(9)  # new has applied offset 9, old 5
+    data = FakeTableData(tmp_path)
+    data._db_for_partition(0)[b"u1"] = new
+    data._db_for_partition(0)[CHECKPOINT_KEY] = Checkpoint(10).encode()
+    applied = []
+    data.apply_changelog_batch = lambda batch, to_key, to_value: applied.extend(e.message.value for e in batch)
+    table = SimpleNamespace(data=data, _to_key=None, _to_value=None)
+    install(table, EntityStateCodec(tx))
+
+    def event(key, value, offset):
+        return SimpleNamespace(message=SimpleNamespace(partition=0, key=key, value=value, offset=offset,
+                                                       tp=TP("changelog", 0)))  # fmt: skip
+
+    table.apply_changelog_batch([event(b"u1", old, 100), event(CHECKPOINT_KEY, Checkpoint(6).encode(), 101),
+                                 event(CHECKPOINT_KEY, Checkpoint(12).encode(), 102)])  # fmt: skip
+    assert applied == [Checkpoint(12).encode()]  # the late state and the older checkpoint are skipped
+    applied.clear()
+    newer = state_after(15)
+    table.apply_changelog_batch([event(b"u1", newer, 103)])
+    assert applied == [newer]
+    for db in data.dbs.values():
+        db.close()

@@ -1,0 +1,72 @@
+"""Table recovery that never moves an entity's state backwards.
+
+Faust restores a table (on a new owner, a restarted worker, a standby) by applying its changelog records
+in order, the newest record of a key winning. A worker expelled from its group while a batch was in flight
+(it stopped heartbeating; the transaction's fence then stops it from storing and acking) may still have
+that batch's records land in the changelog after the new owner has written newer states of the same
+entities. Applied blindly, such a late record would replace the newer state on the next recovery. Here
+each record is compared with the state it would replace, by the applied offsets both carry
+(``aggregations.bookkeeping.moves_back``): one that is older is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+from aggregations.bookkeeping import (
+    CHECKPOINT_KEY,
+    OFFSETS_META,
+    Checkpoint,
+    checkpoint_moves_back,
+    moves_back,
+)
+from aggregations.codec import EntityStateCodec, StateMismatch
+
+log = logging.getLogger(__name__)
+
+
+def _offsets(codec: EntityStateCodec, blob: bytes | None) -> dict | None:
+    if not blob:
+        return None
+    try:
+        return codec.decode_meta(blob)[0].get(OFFSETS_META)
+    except (StateMismatch, ValueError):
+        return None
+
+
+def is_stale(codec: EntityStateCodec, key: bytes, stored: bytes | None, incoming: bytes | None) -> bool:
+    """Whether the changelog record ``incoming`` for ``key`` is older than the ``stored`` value."""
+    if stored is None or incoming is None:
+        return False
+    if key == CHECKPOINT_KEY:
+        return checkpoint_moves_back(Checkpoint.decode(stored), Checkpoint.decode(incoming))
+    return moves_back(_offsets(codec, stored), _offsets(codec, incoming))
+
+
+def forward_only(store, codec: EntityStateCodec, events: Iterable) -> Iterator:
+    """The changelog events of a recovery batch that do not move their key's state backwards."""
+    latest: dict[tuple[int, bytes], bytes | None] = {}
+    skipped = 0
+    for event in events:
+        message = event.message
+        where = (message.partition, message.key)
+        stored = latest[where] if where in latest else store._db_for_partition(message.partition).get(message.key)
+        if is_stale(codec, message.key, stored, message.value):
+            skipped += 1
+            continue
+        latest[where] = message.value
+        yield event
+    if skipped:
+        log.warning("recovery skipped %d changelog record(s) older than the state they would replace", skipped)
+
+
+def install(table, codec: EntityStateCodec) -> None:
+    """Make ``table``'s changelog recovery (active and standby) skip records that move state backwards."""
+
+    def apply_changelog_batch(batch: Iterable) -> None:
+        table.data.apply_changelog_batch(
+            forward_only(table.data, codec, batch), to_key=table._to_key, to_value=table._to_value
+        )
+
+    table.apply_changelog_batch = apply_changelog_batch
