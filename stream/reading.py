@@ -18,10 +18,9 @@ from aggregations.codec import EntityStateCodec
 from aggregations.compute import apply_on_read
 from aggregations.definitions import FeatureSet, FeatureVector
 from aggregations.kernel import read
-from aggregations.schema import entity_keys
+from aggregations.schema import MAX_ENTITY_BYTES, entity_keys  # one limit: ingest refuses longer keys too
 
 MAX_VECTOR_ENTITIES = 1000
-MAX_ENTITY_BYTES = 1024  # an entity key's UTF-8 bytes, in a path or a vector request
 
 
 class BadRequest(ValueError):

@@ -17,7 +17,7 @@ import uuid
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
-from tests.integration.test_worker import REPO_ROOT, TIMEOUT_S, Worker
+from tests.integration.test_worker import REPO_ROOT, TIMEOUT_S, Worker, http
 
 pytestmark = pytest.mark.integration
 
@@ -161,3 +161,36 @@ def test_rolling_back_to_an_older_definition_is_refused_until_its_state_is_rebui
         assert resumed.stop() == 0
     finally:
         events.producer.close()
+
+
+def test_a_worker_restarted_on_unchanged_definitions_with_transforms_resumes_its_state(kafka_bootstrap, tmp_path):
+    from tests.unit.test_fingerprint_stability import DEFINITIONS
+
+    run_id = uuid.uuid4().hex[:8]
+    prefix, app_id = f"tf-{run_id}-", f"fs-tf-{run_id}"
+    definitions = tmp_path / "features.py"
+    definitions.write_text(DEFINITIONS)
+    first = Worker(kafka_bootstrap, tmp_path / "state", prefix, app_id, tmp_path, "tf1")
+    first.extra_args = ["--definitions", str(definitions)]
+    first.start()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    now = int(time.time() * 1000)
+    for i in range(20):
+        event = {"user_id": f"u{i % 4}", "ts": now - 1000 * (i + 1), "amount": float(i)}
+        producer.send(f"{prefix}payments", key=event["user_id"].encode(), value=json.dumps(event).encode())
+    producer.flush(timeout=30)
+    producer.close()
+    deadline = time.monotonic() + TIMEOUT_S
+    while committed(kafka_bootstrap, app_id) < 20:
+        assert time.monotonic() < deadline, first.log_tail()
+        time.sleep(0.5)
+    assert first.stop() == 0
+    plan = cli("plan", "--definitions", str(definitions), "--broker", kafka_bootstrap, "--app-id", app_id,
+               "--topic-prefix", prefix, "--check")  # fmt: skip
+    assert plan.returncode == 0 and "unchanged" in plan.stdout, plan.stdout + plan.stderr
+    again = Worker(kafka_bootstrap, tmp_path / "state", prefix, app_id, tmp_path, "tf2")
+    again.extra_args = ["--definitions", str(definitions)]
+    again.start()  # fails the test if the worker refuses its own state
+    status, body = http("GET", f"{again.url}/features/payments/u1")
+    assert status == 200 and body["features"]["double_sum_1h"] == 2 * sum(float(i) for i in range(1, 20, 4))
+    assert again.stop() == 0
