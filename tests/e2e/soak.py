@@ -158,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  examples: {outcome.examples[:6]}", flush=True)
                 if args.stop_on_failure:
                     break
+        feeder.stopped.set()
+        a.stop()
+        audits = audit_changelogs(bootstrap, app_id)
     finally:
         feeder.stopped.set()
         feeder.running.clear()
@@ -170,7 +173,26 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r.cycle:5d} | {r.events:6d} | {r.lost:4d} | {r.duplicated:10d} | {r.mismatched:10d} | {r.stops}")
     print(f"\n{len(rows)} cycles, {len(bad)} with a difference; logs in {work}")
-    return 1 if bad else 0
+    backwards = sum(len(r["backwards"]) for r in audits)
+    for r in audits:
+        print(f"changelog {r['topic']}: {r['records']} state records, {len(r['backwards'])} moving an entity backwards")
+        for b in r["backwards"][:10]:
+            print(f"  partition {b['partition']} offset {b['offset']} key {b['key']!r}: {b['record']} after {b['before']}")
+    return 1 if bad or backwards else 0
+
+
+def audit_changelogs(bootstrap: str, app_id: str) -> list[dict]:
+    """``changelog_audit`` of every tile changelog of the soak's app: late writes of departed owners."""
+    from kafka import KafkaAdminClient
+
+    from .changelog_audit import audit
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="featurestream-soak")
+    try:
+        topics = sorted(t for t in admin.list_topics() if t.startswith(f"{app_id}-") and t.endswith("-changelog"))
+    finally:
+        admin.close()
+    return [audit(bootstrap, t) for t in topics]
 
 
 def main(argv: list[str] | None = None) -> int:
