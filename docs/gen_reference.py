@@ -44,6 +44,14 @@ else 401 with `WWW-Authenticate: Bearer`.
 - `sinks.get_offline_features(vector, rows, store, *, registry=None, timestamp_column="ts", out=None,
   as_known_at=False, partitions=None, workers=1) -> DataFrame`: the vector at each row's entities and time,
   point in time correct; `out` also writes Parquet.
+- `featurestream.OnlineClient(url=None, *, token=None, token_file=None, timeout=5.0, connect_timeout=2.0,
+  retries=3, backoff=0.1, pool_size=10)`: reads features from running workers (url default env
+  `FEATURESTREAM_URL`, token default env `FEATURESTREAM_AUTH_TOKEN`). `.vector(name).get(rows, as_frame=False)`
+  -> one `{feature: value}` per row (or a DataFrame: the rows' columns, then the features); more than 1,000
+  rows go in several requests. `.features(set, entity, features=None, **inputs)` -> `{feature: value}` (a
+  composite key as a tuple of its parts). `.health()`. Only requests that could not connect are retried;
+  errors: `FeatureRequestError` (4xx, `.status`, `.message` from the worker), `FeatureServerError` (5xx),
+  `FeatureConnectionError`, `FeatureTimeout` (all `FeatureClientError`).
 
 ## CLI
 
