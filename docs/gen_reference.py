@@ -43,7 +43,13 @@ else 401 with `WWW-Authenticate: Bearer`.
   `aggregations.loading.load_registry(path_or_module)`.
 - `sinks.get_offline_features(vector, rows, store, *, registry=None, timestamp_column="ts", out=None,
   as_known_at=False, partitions=None, workers=1) -> DataFrame`: the vector at each row's entities and time,
-  point in time correct; `out` also writes Parquet.
+  point in time correct; `out` also writes Parquet. `name="fraud"` also writes a new version
+  `<store>/datasets/fraud/v<N>/` (data + manifest); `return_manifest=True` returns `(frame, manifest)`.
+  Vectors may use `"set.*"` (every feature of the set).
+- `sinks.training_sets`: `read_manifest(store, name, version=None)`, `list_versions(store, name=None)`,
+  `rebuild(store, name, version=None, registry=None) -> (frame, manifest)`, `stored(store, name, version)`,
+  `differences(a, b)`; `capture_snapshot(sets, store)` + `build_manifest(...)` for other engines that compute
+  a training set (read through `snapshot_offsets(snapshot)`, then `write_version(store, name, frame, manifest)`).
 - `featurestream.OnlineClient(url=None, *, token=None, token_file=None, timeout=5.0, connect_timeout=2.0,
   retries=3, backoff=0.1, pool_size=10)`: reads features from running workers (url default env
   `FEATURESTREAM_URL`, token default env `FEATURESTREAM_AUTH_TOKEN`). `.vector(name).get(rows, as_frame=False)`
@@ -62,7 +68,7 @@ Every command prints its help (this block runs in `tests/unit/test_docs.py`):
 <!-- test -->
 ```bash
 featurestream --help > /dev/null
-for command in worker get sink training-set preview verify; do featurestream "$command" --help > /dev/null; done
+for command in worker get sink training-set datasets preview verify; do featurestream "$command" --help > /dev/null; done
 ```
 """
 

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = ["featurestream", *(sys.argv[1:] if argv is None else argv)]  # for manifests
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

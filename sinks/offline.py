@@ -54,6 +54,7 @@ class _SetTask:
     partitions: int
     start_ms: int
     end_ms: int
+    offsets_upto: Mapping[int, int] | None = None  # a data snapshot: Kafka partition -> highest offset
 
 
 def arrival_seq(events: pd.DataFrame) -> np.ndarray:
@@ -89,7 +90,11 @@ def get_offline_features(
     as_known_at: bool = False,
     progress: bool = False,
     workers: int = 1,
-) -> pd.DataFrame:
+    name: str | None = None,
+    return_manifest: bool = False,
+    snapshot: Mapping[str, Mapping[int, int]] | None = None,
+    rows_source: str = "DataFrame",
+):
     """The vector's features at each row's (entities, timestamp), point-in-time correct, across feature sets.
 
     ``rows`` holds every entity column the vector's sets need and ``timestamp_column`` (datetimes, ISO
@@ -100,7 +105,21 @@ def get_offline_features(
     partitions (default: from the data size). ``as_known_at``: use only events that had arrived by
     each row's t. ``out``: also write the result to this Parquet file. ``progress``: a tqdm bar.
     ``workers``: partitions computed in parallel by that many worker processes (default 1: in process).
+
+    Versioned training sets: ``name`` also writes the result as a new version under
+    ``<store>/datasets/<name>/v<N>/`` with a manifest (``sinks.training_sets``); ``return_manifest``
+    returns ``(frame, manifest)``. Either reads a snapshot of the data taken first (the files, and the
+    highest Kafka offset per partition of each set), so the manifest names exactly the data used.
+    ``snapshot`` (set -> {partition: highest offset}) reads that snapshot instead of the current data.
     """
+    if name is not None or return_manifest:
+        from .training_sets import versioned_training_set
+
+        return versioned_training_set(
+            vector, rows, store, name=name, return_manifest=return_manifest, registry=registry,
+            timestamp_column=timestamp_column, partitions=partitions, out=out, as_known_at=as_known_at,
+            progress=progress, workers=workers, snapshot=snapshot, rows_source=rows_source,
+        )  # fmt: skip
     sets, vector = _resolve(vector, registry)
     by_set = vector.resolve(sets)
     order = _vector_order(vector, sets)
@@ -118,15 +137,19 @@ def get_offline_features(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     tasks = [
-        _plan(sets[name], names, rows, query_ts, store, partitions, workers) for name, names in by_set.items()
+        _plan(sets[set_name], names, rows, query_ts, store, partitions, workers)
+        for set_name, names in by_set.items()
     ]
+    if snapshot is not None:
+        for task in tasks:
+            task.offsets_upto = _snapshot_of(snapshot, task.fs.name)
     bar = _progress(sum(t.partitions for t in tasks), progress)
     computed: dict[tuple[str, str], pd.Series] = {}
     try:
         for task in tasks:
             frame = _compute_set(task, rows, query_ts, store, as_known_at, bar, workers)
-            for name in task.requested:
-                computed[(task.fs.name, name)] = frame[name]
+            for feature in task.requested:
+                computed[(task.fs.name, feature)] = frame[feature]
     finally:
         bar.close()
 
@@ -163,6 +186,12 @@ def _resolve(vector, registry) -> tuple[dict[str, FeatureSet], FeatureVector]:
             f"feature vector {vector.name!r}: pass registry= (a Registry or the FeatureSets) to resolve its features"
         )
     return sets, vector
+
+
+def _snapshot_of(snapshot: Mapping[str, Mapping[int, int]], set_name: str) -> dict[int, int]:
+    if set_name not in snapshot:
+        raise KeyError(f"the data snapshot has no offsets of feature set {set_name!r}")
+    return {int(p): int(o) for p, o in snapshot[set_name].items()}
 
 
 def _vector_order(vector: FeatureVector, sets: Mapping[str, FeatureSet]) -> list[tuple[str, str]]:
@@ -222,6 +251,7 @@ def _compute_set(task: _SetTask, rows, query_ts, store, as_known_at: bool, bar, 
         start_ms=task.start_ms,
         end_ms=task.end_ms,
         arrival_until_ms=task.end_ms if as_known_at else None,
+        offsets_upto=task.offsets_upto,
     ) as split:
         bar.update(task.partitions - len(needed))  # partitions without rows: nothing to do
         job = _Job(task, split, query_ts, as_known_at)
