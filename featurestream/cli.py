@@ -7,6 +7,8 @@ import sys
 
 from kafka.errors import KafkaError
 
+from sinks import storage
+
 from .config import common_parser
 from .kafka_security import KafkaSecurity
 
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Kafka TLS/SASL, checked once; commands hand its plain results to stream/ and sinks/.
         args.kafka = KafkaSecurity.from_args(args)
+        storage.configure(endpoint=getattr(args, "s3_endpoint", None), region=getattr(args, "s3_region", None))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130

@@ -35,7 +35,20 @@ def common_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         default=env("DATA_DIR", "data"),
-        help="root of the Parquet datasets (env FEATURESTREAM_DATA_DIR; default ./data)",
+        help="root of the Parquet datasets: a directory or s3://bucket/prefix (env FEATURESTREAM_DATA_DIR; "
+        "default ./data)",
+    )
+    parser.add_argument(
+        "--s3-endpoint",
+        default=os.environ.get("FEATURESTREAM_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"),
+        metavar="URL",
+        help="S3-compatible endpoint of an s3:// data dir, e.g. http://127.0.0.1:9000 (env FEATURESTREAM_S3_ENDPOINT "
+        "or AWS_ENDPOINT_URL; default: AWS). Credentials come from the AWS variables, profile or instance role",
+    )
+    parser.add_argument(
+        "--s3-region",
+        default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        help="region of an s3:// data dir (env AWS_REGION; default us-east-1)",
     )
     add_token_argument(parser)
     kafka_security.add_arguments(parser)

@@ -27,6 +27,7 @@ from aggregations.schema import entity_keys
 from .layout import DAY_MS, dataset_dir
 from .records import META_COLUMNS, TIMESTAMP, arrow_schema, table_to_frame
 from .snapshot import live_parts, reading
+from .storage import arrow_files
 
 BATCH_ROWS = 1 << 20
 
@@ -110,7 +111,8 @@ def count_events(
         files = data_files(fs, store) if offsets_upto is not None else data_files(fs, store, start_ms, end_ms)
         if not files:
             return 0
-        dataset = ds.dataset([str(f.path) for f in files], format="parquet")
+        filesystem, paths = arrow_files([f.path for f in files])
+        dataset = ds.dataset(paths, format="parquet", filesystem=filesystem)
         if offsets_upto is None:
             return dataset.count_rows()
         return dataset.count_rows(filter=_offsets_filter(offsets_upto))
@@ -196,7 +198,8 @@ def _batches(fs: FeatureSet, store, read_columns, start_ms, end_ms, arrival_unti
         fmt = ds.ParquetFileFormat(
             read_options=ds.ParquetReadOptions(dictionary_columns=set(fs.entity_names))
         )
-        dataset = ds.dataset([str(f.path) for f in files], format=fmt, schema=_scan_schema(fs))
+        filesystem, paths = arrow_files([f.path for f in files])
+        dataset = ds.dataset(paths, format=fmt, schema=_scan_schema(fs), filesystem=filesystem)
         scanner = dataset.scanner(
             columns=read_columns,
             filter=_filter(fs, start_ms, end_ms, arrival_until_ms, offsets_upto),

@@ -32,6 +32,7 @@ from .dataset import PartitionedEvents, count_events, entity_partitions
 from .known_at import known_at
 from .parallel import portable, run_partitions
 from .records import table_to_frame
+from .storage import open_location
 from .writer import write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def get_offline_features(
         column = f"{set_name}.{feature}" if clash else feature
         result[column] = computed[(set_name, feature)].to_numpy()
     if out is not None:
-        write_parquet_atomic(pa.Table.from_pandas(result, preserve_index=False), Path(out))
+        write_parquet_atomic(pa.Table.from_pandas(result, preserve_index=False), open_location(out))
     return result
 
 
