@@ -2,9 +2,10 @@
 
 Layout: b"FS2" | u32 meta length | meta JSON | per level of the chain: u32 n | n rows of
 (1 + k) little-endian 8-byte words: the tile index, then each numeric field array of the plan
-in plan order (floats stored by their bit pattern). Row-major tiles let a whole batch of entities
-decode with one ``frombuffer`` per level. Object arrays (string first/last values, distinct sets)
-travel in the meta JSON. The meta carries the definition fingerprint, so state of a changed
+in plan order (floats stored by their bit pattern), then, for each array of a binary field (sketches,
+last-k values; ``binary = True``), n u32 lengths (0 = empty) followed by the n elements' bytes. Row-major
+tiles let a whole batch of entities decode with one ``frombuffer`` per level. Other object arrays (string
+first/last values, distinct sets) travel in the meta JSON. The meta carries the definition fingerprint, so state of a changed
 definition is never read by accident, and free-form entries (e.g. applied source offsets).
 Deliberately not pickle: the changelog topic must not be able to run code.
 """
@@ -44,8 +45,13 @@ class EntityStateCodec:
         self.value_dtype = {c: (object if k == "O" else np.float64) for c, k in kinds.items()}
         # (key, array position, dtype) of every array; numeric ones are 8-byte words, object ones go to JSON.
         self.arrays = []
+        self.binary = []  # (key, array position) of the arrays of binary fields, stored as length-prefixed bytes
         for column, field in self.keys:
+            binary = getattr(FIELDS[field], "binary", False)
             for pos, arr in enumerate(FIELDS[field].zeros(0, self.value_dtype[column])):
+                if binary:
+                    self.binary.append(((column, field), pos))
+                    continue
                 if arr.dtype.kind != "O" and arr.dtype.itemsize != 8:
                     raise TypeError(f"codec stores 8-byte words, field {field} has {arr.dtype}")
                 self.arrays.append(((column, field), pos, arr.dtype))
@@ -86,6 +92,8 @@ class EntityStateCodec:
                 a, b = int(lo[i]), int(hi[i])
                 chunks.append(_U32.pack(b - a))
                 chunks.append(matrix[a:b].tobytes())
+                for key, pos in self.binary:
+                    chunks.append(_binary_chunk(FIELDS[key[1]], level.states[key][pos][a:b]))
                 for key, pos, _ in self.objects:
                     values = level.states[key][pos][a:b].tolist()
                     if values:
@@ -118,6 +126,7 @@ class EntityStateCodec:
         counts: dict[int, list[int]] = {p: [] for p in self.plan.chain}
         owners: dict[int, list[int]] = {p: [] for p in self.plan.chain}
         objects_by_level: dict[int, dict] = {p: {} for p in self.plan.chain}
+        binary_by_level: dict[int, dict] = {p: {k: [] for k in self.binary} for p in self.plan.chain}
         metas = []
         for code, blob in enumerate(blobs):
             if blob is None:
@@ -131,6 +140,8 @@ class EntityStateCodec:
                 offset += 4
                 slices[period].append(blob[offset : offset + n * row_bytes])
                 offset += n * row_bytes
+                for key, pos in self.binary:
+                    offset = _read_binary(FIELDS[key[1]], blob, offset, n, binary_by_level[period][(key, pos)])
                 counts[period].append(n)
                 owners[period].append(code)
                 if self.objects:
@@ -150,6 +161,12 @@ class EntityStateCodec:
                 arr = np.empty(len(values), dtype=object)
                 arr[:] = [frozenset(v) if key[1] == "distinct" and v is not None else v for v in values]
                 arrays[(key, pos)] = arr
+            for key, pos in self.binary:
+                values = binary_by_level[period][(key, pos)]
+                arr = np.empty(len(values), dtype=object)
+                for i, value in enumerate(values):
+                    arr[i] = value
+                arrays[(key, pos)] = arr
             states = {
                 key: tuple(
                     arrays[(key, pos)]
@@ -159,6 +176,23 @@ class EntityStateCodec:
             }
             levels[period] = Level(period, codes, matrix[:, 0].astype(np.int64), states)
         return Levels(levels), metas
+
+
+def _binary_chunk(field, elements: np.ndarray) -> bytes:
+    """n u32 lengths (0 for an empty element), then the elements' bytes."""
+    raw = [b"" if e is None else field.to_bytes(e) for e in elements.tolist()]
+    lengths = np.fromiter((len(r) for r in raw), dtype="<u4", count=len(raw))
+    return lengths.tobytes() + b"".join(raw)
+
+
+def _read_binary(field, blob: bytes, offset: int, n: int, into: list) -> int:
+    """Append the n elements of a binary chunk at ``offset`` to ``into``; returns the offset after it."""
+    lengths = np.frombuffer(blob, dtype="<u4", count=n, offset=offset).tolist()
+    offset += 4 * n
+    for length in lengths:
+        into.append(None if length == 0 else field.from_bytes(bytes(blob[offset : offset + length])))
+        offset += length
+    return offset
 
 
 def _jsonable(value):
