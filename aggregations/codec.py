@@ -81,19 +81,25 @@ class EntityStateCodec:
             level = levels.levels[period]
             lo = np.searchsorted(level.codes, codes, side="left")
             hi = np.searchsorted(level.codes, codes, side="right")
-            per_level.append((period, level, self._matrix(level), lo, hi))
+            binary = {}
+            if self.binary and len(codes):
+                first, last = int(lo.min()), int(hi.max())
+                for key, pos in self.binary:
+                    binary[(key, pos)] = _binary_elements(level.states[key][pos], first, last)
+            per_level.append((period, level, self._matrix(level), lo, hi, binary))
         out = []
         for i, meta in enumerate(metas):
             body = dict(meta)
             body["fp"] = self.fingerprint
             chunks: list[bytes] = []
             objects: dict[str, list] = {}
-            for period, level, matrix, lo, hi in per_level:
+            for period, level, matrix, lo, hi, binary in per_level:
                 a, b = int(lo[i]), int(hi[i])
                 chunks.append(_U32.pack(b - a))
                 chunks.append(matrix[a:b].tobytes())
-                for key, pos in self.binary:
-                    chunks.append(_binary_chunk(FIELDS[key[1]], level.states[key][pos][a:b]))
+                for first, lengths, raw in binary.values():
+                    chunks.append(lengths[a - first : b - first].tobytes())
+                    chunks.extend(raw[a - first : b - first])
                 for key, pos, _ in self.objects:
                     values = level.states[key][pos][a:b].tolist()
                     if values:
@@ -141,7 +147,7 @@ class EntityStateCodec:
                 slices[period].append(blob[offset : offset + n * row_bytes])
                 offset += n * row_bytes
                 for key, pos in self.binary:
-                    offset = _read_binary(FIELDS[key[1]], blob, offset, n, binary_by_level[period][(key, pos)])
+                    offset = _read_binary(blob, offset, n, binary_by_level[period][(key, pos)])
                 counts[period].append(n)
                 owners[period].append(code)
                 if self.objects:
@@ -178,19 +184,21 @@ class EntityStateCodec:
         return Levels(levels), metas
 
 
-def _binary_chunk(field, elements: np.ndarray) -> bytes:
-    """n u32 lengths (0 for an empty element), then the elements' bytes."""
-    raw = [b"" if e is None else field.to_bytes(e) for e in elements.tolist()]
-    lengths = np.fromiter((len(r) for r in raw), dtype="<u4", count=len(raw))
-    return lengths.tobytes() + b"".join(raw)
+def _binary_elements(elements: np.ndarray, first: int, last: int) -> tuple[int, np.ndarray, list[bytes]]:
+    """Rows [first, last) of a binary field's array (bytes or None) as (first, u32 lengths, bytes): an
+    entity's chunk is its rows' lengths (0 for an empty element) followed by their bytes."""
+    raw = [b"" if e is None else e for e in elements[first:last].tolist()]
+    return first, np.fromiter(map(len, raw), dtype="<u4", count=len(raw)), raw
 
 
-def _read_binary(field, blob: bytes, offset: int, n: int, into: list) -> int:
+def _read_binary(blob: bytes, offset: int, n: int, into: list) -> int:
     """Append the n elements of a binary chunk at ``offset`` to ``into``; returns the offset after it."""
-    lengths = np.frombuffer(blob, dtype="<u4", count=n, offset=offset).tolist()
+    if n == 0:
+        return offset
+    lengths = struct.unpack_from(f"<{n}I", blob, offset)
     offset += 4 * n
     for length in lengths:
-        into.append(None if length == 0 else field.from_bytes(bytes(blob[offset : offset + length])))
+        into.append(None if length == 0 else blob[offset : offset + length])
         offset += length
     return offset
 

@@ -1,10 +1,11 @@
 """Bounded-state fields: sketches (Apache DataSketches) and the exact last k values, mergeable like every field.
 
 Each tile holds one element per field: ``None`` when no value reached it, else a compact state whose size
-is bounded by the field's parameters whatever the input. Sketch elements are the library's serialized
-bytes (immutable, what the codec stores); merges deserialize, merge and serialize again. The fields
-follow the protocol of ``fields.py`` (zeros, lift, merge, reduce_groups, reduce_ranges, take) and add
-``to_bytes``/``from_bytes`` for the codec's binary section.
+is bounded by the field's parameters whatever the input, kept as the bytes the codec stores (the sketch
+library's serialization; ``encode_entries`` for last_k), so that tiles a batch does not touch are never
+re-encoded; merges decode, merge and encode again. The fields follow the protocol of ``fields.py`` (zeros,
+lift, merge, reduce_groups, reduce_ranges, take); ``binary = True`` tells the codec to store their
+elements as length-prefixed bytes.
 
 * ``CpcField`` (``cpc``): CPC distinct-count sketch, lg_k 11. Its estimate depends only on the set of
   values merged in, never on the order or grouping of merges: identical online and offline.
@@ -24,8 +25,10 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import struct
 from dataclasses import dataclass
+from itertools import pairwise
 
 import datasketches as ds
 import numpy as np
@@ -57,13 +60,9 @@ def value_of(key: str):
     return json.loads(body)
 
 
-def _objects(items) -> np.ndarray:
+def _objects(items, count: int = -1) -> np.ndarray:
     """An object array holding ``items`` one per element (never broadcasting lists or tuples)."""
-    items = list(items)
-    out = np.empty(len(items), dtype=object)
-    for i, item in enumerate(items):
-        out[i] = item
-    return out
+    return np.fromiter(items, dtype=object, count=count)
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class _BoundedField:
 
     name: str
 
-    binary = True  # the codec stores elements through to_bytes/from_bytes
+    binary = True  # the codec stores elements as length-prefixed bytes
 
     def zeros(self, n: int, value_dtype=None) -> State:
         return (np.full(n, None, dtype=object),)
@@ -94,7 +93,10 @@ class _BoundedField:
         if len(starts) == len(elements):  # one element per group: nothing to combine
             return (elements.copy(),)
         ends = np.append(starts[1:], len(elements))
-        return (_objects(self.combine(elements[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)),)
+        out = elements[starts]  # right for every group of one element
+        for i in np.flatnonzero(ends - starts > 1).tolist():
+            out[i] = self.combine(elements[starts[i] : ends[i]])
+        return (out,)
 
     def reduce_ranges(self, s: State, lo: np.ndarray, hi: np.ndarray) -> State:
         elements = s[0]
@@ -117,12 +119,6 @@ class _BoundedField:
         if len(present) == 1:
             return present[0]
         return self._combine(present)
-
-    def to_bytes(self, element) -> bytes:
-        return element
-
-    def from_bytes(self, blob: bytes):
-        return blob
 
     def _single(self, value, ts: int, seq: int):
         raise NotImplementedError
@@ -218,69 +214,130 @@ class FrequentField(_BoundedField):
         return ds.frequent_strings_sketch.get_apriori_error(self.lg_max_k, total)
 
 
-_ENTRY = struct.Struct("<qq")
-_COUNT = struct.Struct("<H")
-_LEN = struct.Struct("<I")
-_FLOAT = struct.Struct("<d")
+_HEAD = struct.Struct("<cH")  # value kind, number of entries
+_stamp = operator.itemgetter(0, 1)
 
 
 @dataclass(frozen=True)
 class LastKField(_BoundedField):
-    """The k latest non-null values by (event time, arrival sequence): a tuple of (ts, seq, value), latest first.
+    """The k latest non-null values by (event time, arrival sequence), latest first, exact.
 
-    Equal (ts, seq) pairs, which only a replay of the same event can produce, are ordered by value key, so
-    the kept entries never depend on merge order.
+    An element is the encoding of up to k (ts, seq, value) entries (``encode_entries``), kept as bytes like
+    the sketches' so that tiles a batch does not touch are never re-encoded. Equal (ts, seq) pairs, which
+    only a replay of the same event can produce, are ordered by value key, so the kept entries never depend
+    on merge order.
     """
 
     name: str = "last_k:1"
     k: int = 1
 
-    def _single(self, value, ts, seq):
-        return ((ts, seq, value),)
+    def _single(self, value, ts, seq) -> bytes:
+        return encode_entries(((ts, seq, value),))
 
-    def _combine(self, present: list[tuple]) -> tuple:
-        entries = [entry for element in present for entry in element]
-        entries.sort(key=lambda e: (e[0], e[1], key_of(e[2])), reverse=True)
-        return tuple(entries[: self.k])
-
-    def values(self, element: tuple | None) -> list | None:
-        """The kept values, latest first (None when empty)."""
-        return None if element is None else [value for _ts, _seq, value in element]
-
-    def to_bytes(self, element: tuple) -> bytes:
-        """u16 n, n x (i64 ts, i64 seq), then n tagged values: ``f`` + float64 or ``s``/``j`` + u32 length + UTF-8."""
-        chunks = [_COUNT.pack(len(element))]
-        chunks += [_ENTRY.pack(ts, seq) for ts, seq, _ in element]
-        for _ts, _seq, value in element:
-            if isinstance(value, float):
-                chunks.append(b"f" + _FLOAT.pack(value))
+    def _combine(self, present: list[bytes]) -> bytes:
+        # Elements are usually disjoint in time (tiles, or a batch newer than what is stored): walking them
+        # newest first, an element entirely older than what is kept is appended by slicing bytes, and the
+        # walk stops once k entries are kept and the rest is older. Overlapping elements are merged in full.
+        ordered = sorted(present, key=_newest, reverse=True)
+        acc = ordered[0]
+        for element in ordered[1:]:
+            room = self.k - _count(acc)
+            if _oldest(acc) > _newest(element):
+                if room <= 0:
+                    break
+                acc = _append_older(acc, element, room)
             else:
-                tag, text = (b"s", value) if isinstance(value, str) else (b"j", json.dumps(value, default=str))
-                raw = text.encode("utf-8", "surrogatepass")
-                chunks.append(tag + _LEN.pack(len(raw)) + raw)
-        return b"".join(chunks)
+                acc = self._merge_entries([acc, element])
+        return acc
 
-    def from_bytes(self, blob: bytes) -> tuple:
-        (n,) = _COUNT.unpack_from(blob, 0)
-        offset = _COUNT.size
-        stamps = []
-        for _ in range(n):
-            stamps.append(_ENTRY.unpack_from(blob, offset))
-            offset += _ENTRY.size
+    def _merge_entries(self, present: list[bytes]) -> bytes:
+        entries = [entry for element in present for entry in decode_entries(element)]
+        entries.sort(key=_stamp, reverse=True)
+        kept = entries[: self.k + 1]
+        if any(a[:2] == b[:2] for a, b in pairwise(kept)):  # a replayed event: order ties by value
+            entries.sort(key=lambda e: (e[0], e[1], key_of(e[2])), reverse=True)
+        return encode_entries(entries[: self.k])
+
+    def values(self, element: bytes | None) -> list | None:
+        """The kept values, latest first (None when empty)."""
+        return None if element is None else [value for _ts, _seq, value in decode_entries(element)]
+
+
+_HEAD = struct.Struct("<cH")  # value kind, number of entries
+_stamp = operator.itemgetter(0, 1)
+
+
+def encode_entries(entries) -> bytes:
+    """(ts, seq, value) entries as: kind (``F`` floats, ``S`` strings, ``J`` JSON), u16 n, n x (i64 ts, i64
+    seq), then the values: n float64, or n u32 UTF-8 lengths and the texts, or one JSON array."""
+    n = len(entries)
+    stamps = [x for ts, seq, _ in entries for x in (ts, seq)]
+    values = [v for _, _, v in entries]
+    if all(type(v) is float for v in values):
+        return struct.pack(f"<cH{2 * n}q{n}d", b"F", n, *stamps, *values)
+    if all(type(v) is str for v in values):
+        texts = [v.encode("utf-8", "surrogatepass") for v in values]
+        return struct.pack(f"<cH{2 * n}q{n}I", b"S", n, *stamps, *map(len, texts)) + b"".join(texts)
+    tail = json.dumps(values, default=str).encode("utf-8", "surrogatepass")
+    return struct.pack(f"<cH{2 * n}q", b"J", n, *stamps) + tail
+
+
+_N = struct.Struct("<H")
+_STAMP = struct.Struct("<qq")
+
+
+def _count(blob: bytes) -> int:
+    return _N.unpack_from(blob, 1)[0]
+
+
+def _newest(blob: bytes) -> tuple[int, int]:
+    return _STAMP.unpack_from(blob, _HEAD.size)
+
+
+def _oldest(blob: bytes) -> tuple[int, int]:
+    return _STAMP.unpack_from(blob, _HEAD.size + 16 * (_count(blob) - 1))
+
+
+def _append_older(newer: bytes, older: bytes, room: int) -> bytes:
+    """``newer``'s entries then up to ``room`` of ``older``'s (all older), by slicing the encodings."""
+    kind, n1 = _HEAD.unpack_from(newer, 0)
+    kind2, n2 = _HEAD.unpack_from(older, 0)
+    m = min(room, n2)
+    if kind != kind2 or kind == b"J":
+        return encode_entries(decode_entries(newer) + decode_entries(older)[:m])
+    h = _HEAD.size
+    stamps = newer[h : h + 16 * n1] + older[h : h + 16 * m]
+    v1, v2 = h + 16 * n1, h + 16 * n2
+    if kind == b"F":
+        values = newer[v1 : v1 + 8 * n1] + older[v2 : v2 + 8 * m]
+    else:
+        lengths2 = older[v2 : v2 + 4 * m]
+        text2 = v2 + 4 * n2
+        values = (
+            newer[v1 : v1 + 4 * n1] + lengths2 + newer[v1 + 4 * n1 :]
+            + older[text2 : text2 + sum(struct.unpack(f"<{m}I", lengths2))]
+        )  # fmt: skip
+    return _HEAD.pack(kind, n1 + m) + stamps + values
+
+
+def decode_entries(blob: bytes) -> list[tuple]:
+    """``encode_entries``' inverse."""
+    kind, n = _HEAD.unpack_from(blob, 0)
+    offset = _HEAD.size
+    stamps = struct.unpack_from(f"<{2 * n}q", blob, offset)
+    offset += 16 * n
+    if kind == b"F":
+        values = struct.unpack_from(f"<{n}d", blob, offset)
+    elif kind == b"S":
+        lengths = struct.unpack_from(f"<{n}I", blob, offset)
+        offset += 4 * n
         values = []
-        for _ in range(n):
-            tag = blob[offset : offset + 1]
-            offset += 1
-            if tag == b"f":
-                values.append(_FLOAT.unpack_from(blob, offset)[0])
-                offset += _FLOAT.size
-                continue
-            (length,) = _LEN.unpack_from(blob, offset)
-            offset += _LEN.size
-            text = blob[offset : offset + length].decode("utf-8", "surrogatepass")
+        for length in lengths:
+            values.append(blob[offset : offset + length].decode("utf-8", "surrogatepass"))
             offset += length
-            values.append(text if tag == b"s" else json.loads(text))
-        return tuple((ts, seq, value) for (ts, seq), value in zip(stamps, values, strict=True))
+    else:
+        values = json.loads(blob[offset:].decode("utf-8", "surrogatepass"))
+    return list(zip(stamps[0::2], stamps[1::2], values, strict=True))
 
 
 def parametrized_field(name: str):
