@@ -16,11 +16,15 @@ In-flight events are never counted as mismatches:
    left out of the comparison (reported as ``in_flight``). Every other sampled entity has exactly the events
    below E on both sides, so any difference is a real inconsistency.
 
-Classification per (entity, feature), with "empty" meaning null/NaN, or 0 for count, count_distinct, sum and
-sqr (their empty-window values): both empty or equal -> match; online empty, offline not -> ``missing``
-(online lacks it); online not empty, offline empty -> ``extra``; otherwise compared with the window
-contract's tolerance (count, count_distinct, min, max, first, last exact; float sums, averages and
-variances within ``--rel-tol`` relative / ``--abs-tol`` absolute) -> ``mismatch`` beyond it.
+Classification per (entity, feature), with "empty" meaning null/NaN, or 0 for count, count_distinct,
+approx_count_distinct, sum and sqr (their empty-window values): both empty or equal -> match; online empty,
+offline not -> ``missing`` (online lacks it); online not empty, offline empty -> ``extra``; otherwise compared
+with the window contract's tolerance (count, count_distinct, min, max, first, last, approx_count_distinct and
+last_k exact; float sums, averages and variances within ``--rel-tol`` relative / ``--abs-tol`` absolute) ->
+``mismatch`` beyond it. Sketches that are not deterministic under merge (approx_percentile, top_k) agree
+exactly while a window holds few values, beyond that only within their error bound, which verify cannot
+check from the values: a difference is counted as ``approx_differ`` and reported, but is not an
+inconsistency.
 
 Exit status: 0 consistent, 1 inconsistent (any mismatch, missing or extra), 3 not caught up, 2 usage error.
 With ``--every SECONDS`` it runs until stopped and exports ``featurestream_verify_mismatch_ratio
@@ -47,12 +51,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aggregations.ops import OPS
 from stream.auth import client_headers, resolve_token
 
 from .config import env
 
-EXACT_OPS = frozenset({"count", "count_distinct", "min", "max", "first", "last"})
-ZERO_WHEN_EMPTY = frozenset({"count", "count_distinct", "sum", "sqr"})
+EXACT_OPS = frozenset({"count", "count_distinct", "min", "max", "first", "last", "approx_count_distinct", "last_k"})
+ZERO_WHEN_EMPTY = frozenset({"count", "count_distinct", "approx_count_distinct", "sum", "sqr"})
+#: Sketch ops whose value depends on merge order: differences within their error bound are expected.
+APPROX_OPS = frozenset(name for name, op in OPS.items() if not op.deterministic)
 EXIT_OK, EXIT_INCONSISTENT, EXIT_USAGE, EXIT_NOT_CAUGHT_UP = 0, 1, 2, 3
 TOP_DELTAS = 5
 
@@ -91,11 +98,13 @@ def _plain(value):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):
         return None
+    if isinstance(value, np.ndarray):  # a list-valued feature (top_k, last_k) read back through Arrow
+        value = value.tolist()
     return value
 
 
 def compare_value(op: str, online, offline, rel_tol: float, abs_tol: float) -> tuple[str, float | None]:
-    """('match' | 'missing' | 'extra' | 'mismatch', |delta| when both numeric)."""
+    """('match' | 'missing' | 'extra' | 'mismatch' | 'approx_differ', |delta| when both numeric)."""
     online, offline = _plain(online), _plain(offline)
     e_on, e_off = is_empty(op, online), is_empty(op, offline)
     if e_on and e_off:
@@ -110,6 +119,8 @@ def compare_value(op: str, online, offline, rel_tol: float, abs_tol: float) -> t
         same = (float(online) == float(offline)) if numeric else online == offline
     else:
         same = math.isclose(float(online), float(offline), rel_tol=rel_tol, abs_tol=abs_tol)
+    if not same and op in APPROX_OPS:
+        return "approx_differ", delta
     return ("match" if same else "mismatch"), delta
 
 
@@ -120,6 +131,7 @@ class FeatureStats:
     mismatch: int = 0
     missing: int = 0
     extra: int = 0
+    approx_differ: int = 0  # approximate sketch values that differ (not an inconsistency; see the docstring)
     worst: list = field(default_factory=list)  # (delta, entity, online, offline, kind)
 
     def add(self, entity: str, online, offline, rel_tol: float, abs_tol: float) -> None:
@@ -148,6 +160,7 @@ class FeatureStats:
             "mismatch": self.mismatch,
             "missing": self.missing,
             "extra": self.extra,
+            "approx_differ": self.approx_differ,
             "mismatch_rate": self.ratio(self.mismatch),
             "missing_rate": self.ratio(self.missing),
             "extra_rate": self.ratio(self.extra),
@@ -477,6 +490,9 @@ def format_text(report: dict) -> str:
                 f"  {name:<24} {f['compared']:>8} {f['mismatch_rate']:>9.2%} {f['missing_rate']:>8.2%} "
                 f"{f['extra_rate']:>8.2%}  {worst}"
             )
+        approx = [f"{name} ({f['approx_differ']})" for name, f in s["features"].items() if f.get("approx_differ")]
+        if approx:
+            lines.append(f"  approximate sketches that differ (expected within their error bound): {', '.join(approx)}")
         if s["inconsistent_features"]:
             lines.append(f"  INCONSISTENT: {', '.join(s['inconsistent_features'])}")
     return "\n".join(lines)
