@@ -61,8 +61,9 @@ else 401 with `WWW-Authenticate: Bearer`.
 
 ## CLI
 
-Every option has a `FEATURESTREAM_*` environment variable. Kafka TLS/SASL options are shared by every
-command; the SASL user name and password come from `FEATURESTREAM_KAFKA_SASL_USERNAME` / `_PASSWORD` only.
+Every option has a `FEATURESTREAM_*` environment variable. Each command lists only the options it uses; the
+Kafka TLS/SASL options are the same on every command that talks to Kafka, and the SASL user name and password
+come from `FEATURESTREAM_KAFKA_SASL_USERNAME` / `_PASSWORD` only.
 Every command prints its help (this block runs in `tests/unit/test_docs.py`):
 
 <!-- test -->

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -15,16 +14,14 @@ from pathlib import Path
 import pandas as pd
 
 from aggregations.loading import load_registry
-from aggregations.naming import DEFAULT_APP_ID
 
 from .parquet_sink import DEFAULT_FLUSH_EVENTS, DEFAULT_FLUSH_SECONDS, ParquetSink, default_group
 
 
-def add_commands(subparsers, common) -> None:
-    """Add the ``sink`` and ``training-set`` subcommands."""
+def add_commands(subparsers, shared) -> None:
+    """Add the offline subcommands; ``shared(parser, *names)`` adds the CLI's shared options."""
     p = subparsers.add_parser(
         "sink",
-        parents=[common],
         help="write feature-set events from Kafka to Parquet (the offline store)",
         description=(
             "Consume each feature set's source topic in its own consumer group and append the valid events to "
@@ -34,6 +31,7 @@ def add_commands(subparsers, common) -> None:
         ),
         epilog="example: featurestream sink --once --data-dir data",
     )
+    shared(p, "definitions", "broker", "data_dir", "app_id", "topic_prefix", "kafka")
     p.add_argument(
         "--feature-set",
         action="append",
@@ -54,7 +52,7 @@ def add_commands(subparsers, common) -> None:
         help=f"or after this many seconds (default {DEFAULT_FLUSH_SECONDS:g})",
     )
     p.add_argument("--once", action="store_true", help="stop once caught up with the end of the topic")
-    p.add_argument("--group", help="consumer group (default featurestream-sink-<feature set>; one set only)")
+    p.add_argument("--group", help="consumer group (default <app-id>-sink-<feature set>; one set only)")
     p.add_argument(
         "--topic", help="read this topic instead of the feature set's source (one set only; tests, replays)"
     )
@@ -63,7 +61,6 @@ def add_commands(subparsers, common) -> None:
 
     t = subparsers.add_parser(
         "training-set",
-        parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="export a point-in-time correct training set (a versioned dataset with --name)",
         description=(
@@ -81,6 +78,7 @@ def add_commands(subparsers, common) -> None:
             "  featurestream training-set --feature-set transactions --out train.parquet"
         ),
     )
+    shared(t, "definitions", "data_dir")
     what = t.add_mutually_exclusive_group(required=True)
     what.add_argument("--vector", help="feature vector name from the definitions")
     what.add_argument(
@@ -107,16 +105,15 @@ def add_commands(subparsers, common) -> None:
         help="compute partitions in this many processes in parallel (default 1)",
     )
     t.set_defaults(func=run_training_set)
-    add_maintenance_commands(subparsers, common)
-    add_datasets_command(subparsers, common)
+    add_maintenance_commands(subparsers, shared)
+    add_datasets_command(subparsers, shared)
 
 
-def add_maintenance_commands(subparsers, common) -> None:
+def add_maintenance_commands(subparsers, shared) -> None:
     """Add ``compact``, ``backfill`` and ``prune``."""
     raw = argparse.RawDescriptionHelpFormatter
     c = subparsers.add_parser(
         "compact",
-        parents=[common],
         formatter_class=raw,
         help="merge small Parquet files into files of a target size, sorted by entity then time",
         description=(
@@ -127,6 +124,7 @@ def add_maintenance_commands(subparsers, common) -> None:
         ),
         epilog="examples:\n  featurestream compact --data-dir data\n  featurestream compact --feature-set transactions --target-mb 128",
     )
+    shared(c, "definitions", "data_dir")
     c.add_argument(
         "--feature-set",
         action="append",
@@ -147,7 +145,6 @@ def add_maintenance_commands(subparsers, common) -> None:
 
     b = subparsers.add_parser(
         "backfill",
-        parents=[common],
         formatter_class=raw,
         help="replay a topic into the Parquet dataset (resumable, idempotent with the live sink)",
         description=(
@@ -165,6 +162,7 @@ def add_maintenance_commands(subparsers, common) -> None:
             "  featurestream backfill --feature-set transactions --from-time 2026-01-01T00:00:00Z"
         ),
     )
+    shared(b, "definitions", "broker", "data_dir", "app_id", "topic_prefix", "kafka")
     b.add_argument("--feature-set", required=True, metavar="NAME", help="feature set to backfill")
     b.add_argument("--topic", help="replay this topic instead of the feature set's source")
     start = b.add_mutually_exclusive_group()
@@ -175,7 +173,7 @@ def add_maintenance_commands(subparsers, common) -> None:
     b.add_argument(
         "--to-end", action="store_true", help="replay to the end even past the live sink's commits"
     )
-    b.add_argument("--sink-group", help="the live sink's consumer group (default featurestream-sink-<set>)")
+    b.add_argument("--sink-group", help="the live sink's consumer group (default <app-id>-sink-<set>)")
     b.add_argument("--flush-events", type=int, default=200_000, help="events per write (default 200000)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=run_backfill)
@@ -183,7 +181,6 @@ def add_maintenance_commands(subparsers, common) -> None:
     r = subparsers.add_parser(
         "prune",
         aliases=["retention"],
-        parents=[common],
         formatter_class=raw,
         help="delete dataset days older than --keep-days (never what the longest window needs)",
         description=(
@@ -193,6 +190,7 @@ def add_maintenance_commands(subparsers, common) -> None:
         ),
         epilog="examples:\n  featurestream prune --keep-days 180 --dry-run\n  featurestream prune --feature-set transactions --keep-days 400",
     )
+    shared(r, "definitions", "data_dir")
     r.add_argument(
         "--feature-set",
         action="append",
@@ -206,7 +204,6 @@ def add_maintenance_commands(subparsers, common) -> None:
 
     s = subparsers.add_parser(
         "bootstrap",
-        parents=[common],
         formatter_class=raw,
         help="build a feature set's online state from Parquet history (full windows on day one)",
         description=(
@@ -221,16 +218,12 @@ def add_maintenance_commands(subparsers, common) -> None:
         epilog="example:\n  featurestream sink --once --feature-set transactions\n"
         "  featurestream bootstrap --feature-set transactions",
     )
+    shared(s, "definitions", "broker", "data_dir", "app_id", "kafka")
     s.add_argument("--feature-set", required=True, metavar="NAME", help="feature set to bootstrap")
-    s.add_argument(
-        "--app-id",
-        default=os.environ.get("FEATURESTREAM_APP_ID", DEFAULT_APP_ID),
-        help=f"the workers' Faust app id (env FEATURESTREAM_APP_ID; default {DEFAULT_APP_ID})",
-    )
     s.add_argument("--topic", help="the source topic (default: the topic the dataset was written from)")
     s.add_argument("--now", type=int, help="expire state as of this time, epoch ms (default: now)")
     s.add_argument("--force", action="store_true", help="write even if the checks refuse (see above)")
-    s.add_argument("--sink-group", help="the live sink's consumer group (default featurestream-sink-<set>)")
+    s.add_argument("--sink-group", help="the live sink's consumer group (default <app-id>-sink-<set>)")
     s.add_argument(
         "--partitions", type=int, help="entity-hash partitions of the work (default: from the data size)"
     )
@@ -285,10 +278,10 @@ def run_backfill(args) -> int:
         fs,
         args.data_dir,
         args.broker,
-        topic=args.topic,
+        topic=args.topic or f"{args.topic_prefix}{fs.source}",
         start=start,
         until_sink=not args.to_end,
-        sink_group=args.sink_group,
+        sink_group=args.sink_group or default_group(fs, args.app_id),
         flush_events=args.flush_events,
         progress=not args.no_progress,
         client_config=_kafka_config(args),
@@ -311,7 +304,7 @@ def run_bootstrap(args) -> int:
             topic=args.topic,
             now=args.now,
             force=args.force,
-            sink_group=args.sink_group,
+            sink_group=args.sink_group or default_group(fs, args.app_id),
             partitions=args.partitions,
             progress=not args.no_progress,
             client_config=_kafka_config(args),
@@ -347,8 +340,8 @@ def run_sink(args) -> int:
             fs,
             args.data_dir,
             args.broker,
-            group=args.group or default_group(fs),
-            topic=args.topic,
+            group=args.group or default_group(fs, args.app_id),
+            topic=args.topic or f"{args.topic_prefix}{fs.source}",
             flush_events=args.flush_events,
             flush_seconds=args.flush_seconds,
             consumer_config=_kafka_config(args),
@@ -442,11 +435,10 @@ def run_training_set(args) -> int:
     return 0
 
 
-def add_datasets_command(subparsers, common) -> None:
+def add_datasets_command(subparsers, shared) -> None:
     """Add ``datasets list|show|rebuild`` (versioned training sets)."""
     d = subparsers.add_parser(
         "datasets",
-        parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="list, show and rebuild versioned training sets (training-set --name)",
         description=(
@@ -459,6 +451,7 @@ def add_datasets_command(subparsers, common) -> None:
         epilog="examples:\n  featurestream datasets list\n  featurestream datasets show fraud v3\n"
         "  featurestream datasets rebuild fraud v3 --out rebuilt.parquet",
     )
+    shared(d, "definitions", "data_dir")
     d.add_argument("action", choices=["list", "show", "rebuild"], help="what to do")
     d.add_argument("dataset", nargs="?", metavar="NAME", help="training set name (list: optional)")
     d.add_argument(
