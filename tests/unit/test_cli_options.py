@@ -29,6 +29,7 @@ EXPECTED = {
     "bootstrap": {"definitions", "broker", "data_dir", "app_id", "kafka"},
     "produce": {"definitions", "broker", "topic_prefix", "kafka"},
     "preview": {"definitions"},
+    "datasets": {"definitions", "data_dir"},
     "describe": {"definitions", "data_dir"},
     "drift": {"definitions", "urls", "auth"},
     "verify": {"definitions", "broker", "data_dir", "url", "app_id", "topic_prefix", "auth", "kafka"},
