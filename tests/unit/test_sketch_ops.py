@@ -10,11 +10,15 @@ items within its a priori error. The merge law holds exactly where the sketch is
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import datasketches as ds
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +26,7 @@ from hypothesis import strategies as st
 from aggregations import Aggregation, Entity, FeatureSet
 from aggregations.codec import EntityStateCodec
 from aggregations.compute import fold_into_state
+from aggregations.drift import feature_drift
 from aggregations.kernel import EventBatch, build_levels, empty_levels, expire, merge_levels, read
 from tests import oracle
 
@@ -270,3 +275,90 @@ def test_merge_trees_give_identical_distinct_counts():
         online, _, _ = online_and_offline(order.reset_index(drop=True), batch)
         estimates.add(int(online["m_approx_count_distinct_1d"][0]))
     assert len(estimates) == 1, estimates
+
+
+# -- declarations, naming and plain-data definitions --------------------------------------------------------
+
+
+def sketch_set(ops, column="m"):
+    return FeatureSet(
+        "d", [Entity("k")], "ts", "d", {"k": "string", "ts": "timestamp", "x": "float64", "m": "string"},
+        [Aggregation(column, ops, windows=["1d"])],
+    )  # fmt: skip
+
+
+def test_parametrized_ops_name_their_features_deterministically():
+    fs = sketch_set(["approx_percentile(0.5, 0.9, 0.99, 0.999, 0.05, 1)", "count"], column="x")
+    assert fs.feature_names() == [
+        "x_p50_1d", "x_p90_1d", "x_p99_1d", "x_p999_1d", "x_p05_1d", "x_p100_1d", "x_count_1d",
+    ]  # fmt: skip
+    fs = sketch_set(["top_k(5)", "last_k(3)", "approx_count_distinct"])
+    assert fs.feature_names() == ["m_top5_1d", "m_last3_1d", "m_approx_count_distinct_1d"]
+    assert all(name.isidentifier() for name in fs.feature_names())
+
+
+def test_the_definition_is_plain_data_and_its_fingerprint_covers_parameters():
+    a = sketch_set(["top_k(5)"])
+    assert a.definition()["aggregations"][0]["ops"] == ["top_k(5)"]
+    assert sketch_set(["top_k( 5 )"]).fingerprint() == a.fingerprint()  # spelled differently, same op
+    assert sketch_set(["top_k(6)"]).fingerprint() != a.fingerprint()
+    q = sketch_set(["approx_percentile(0.5, 1)"], column="x")
+    assert q.definition()["aggregations"][0]["ops"] == ["approx_percentile(0.5,1.0)"]
+    assert sketch_set(["approx_percentile(0.50, 1.0)"], column="x").fingerprint() == q.fingerprint()
+    assert sketch_set(["approx_percentile(0.5, 0.99)"], column="x").fingerprint() != q.fingerprint()
+    # Plain ops keep their definition (and so the state of existing feature sets stays valid).
+    assert sketch_set(["count", "last"]).definition()["aggregations"][0]["ops"] == ["count", "last"]
+
+
+@pytest.mark.parametrize(
+    "ops, message",
+    [
+        (["top_k"], "top_k(k) with k in 1..100"),
+        (["top_k(0)"], "needs one integer k in 1..100"),
+        (["top_k(101)"], "needs one integer k in 1..100"),
+        (["last_k(2.5)"], "needs one integer k"),
+        (["approx_percentile(1.5)"], "not a number in [0, 1]"),
+        (["approx_percentile(0.12345)"], "more than 4 decimals"),
+        (["approx_percentile(0.5, 0.50)"], "duplicate quantile"),
+        (["approx_percentile(x)"], "argument 'x' is not a number"),
+        (["avg(3)"], "takes no arguments"),
+        (["top_k(5)", "top_k(5)"], "duplicate op"),
+        (["top_k(5)", "top_k( 5)"], "duplicate op"),
+        (["top_k(5"], "malformed op"),
+        (["approx_median"], "unknown op 'approx_median'"),
+    ],
+)
+def test_bad_op_specs_are_clear_errors(ops, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sketch_set(ops)
+
+
+def test_percentiles_need_a_numeric_column():
+    with pytest.raises(ValueError, match=r"op 'approx_percentile\(0.5\)' needs a numeric column"):
+        sketch_set(["approx_percentile(0.5)"], column="m")
+
+
+def test_list_features_survive_parquet_and_drift_sees_the_same_values():
+    """top_k/last_k are lists: Parquet stores them as list<struct>/list<string>, and drift keys a list read
+    back from Parquet (numpy arrays) exactly like the same list served as JSON."""
+    fs = sketch_set(["top_k(2)", "last_k(2)", "approx_count_distinct"])
+    events = pd.DataFrame(
+        {"k": list("aabab"), "ts": pd.to_datetime([1, 2, 3, 4, 5], unit="s", utc=True), "x": 1.0,
+         "m": ["p", "q", "p", "", "p"]}
+    )  # fmt: skip
+    got = fs.preview(events)
+    assert got["m_top2_1d"].tolist() == [
+        None, [{"value": "p", "count": 1}], None,
+        [{"value": "p", "count": 1}, {"value": "q", "count": 1}], [{"value": "p", "count": 1}],
+    ]  # fmt: skip
+    assert got["m_last2_1d"].tolist() == [None, ["p"], None, ["q", "p"], ["p"]]
+    assert got["m_approx_count_distinct_1d"].tolist() == [0, 1, 0, 2, 1]
+    plain = got.copy()
+    plain.attrs = {}  # preview's statistics are not meant for Parquet
+    table = pa.Table.from_pandas(plain, preserve_index=False)
+    assert str(table.schema.field("m_top2_1d").type) == "list<item: struct<value: string, count: int64>>"
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    back = pq.read_table(pa.BufferReader(buffer.getvalue())).to_pandas()
+    served = pd.Series(json.loads(json.dumps(got["m_top2_1d"].tolist())))
+    assert feature_drift("m_top2_1d", back["m_top2_1d"], served).psi == 0.0
