@@ -17,8 +17,8 @@ of the null rate is drift too. Pure numpy/pandas.
 
 from __future__ import annotations
 
-import json
 import itertools
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field

@@ -36,7 +36,10 @@ else 401 with `WWW-Authenticate: Bearer`.
   a feature set; `.preview(events_df)` (features of each event as of its own time),
   `.preview(events_df, at=rows)`, `.feature_names()`, `.fingerprint()`.
 - `aggregations.Aggregation(column, ops, windows, periods=None)`: ops `count, sum, avg, min, max, first,
-  last, sqr, var, std, count_distinct`; windows like `"1h"`, `"90d"`.
+  last, sqr, var, std, count_distinct` and the bounded-state sketch ops `approx_count_distinct`,
+  `approx_percentile(q, ...)` (features `{column}_p50_{window}`, ...), `top_k(k)` (`{column}_top5_{window}`:
+  a list of `{"value", "count"}`), `last_k(k)` (`{column}_last5_{window}`: a list, latest first); see
+  [concepts](concepts.md#sketch-ops); windows like `"1h"`, `"90d"`.
 - `aggregations.OnRead(name, fn, inputs=[...])`: a feature computed at read time from aggregates and request
   columns (`fn(frame) -> Series`).
 - `aggregations.FeatureVector(name, ["set.feature", ...])` and `aggregations.Registry(sets, vectors)`;

@@ -505,6 +505,15 @@ def stored(store: str | Path, name: str, version: int | str | None = None) -> pd
     return pd.read_parquet(version_dir(store, name, manifest["version"]) / DATA_FILE)
 
 
+def _listed(value):
+    """A list feature's value as plain Python (Parquet reads lists back as numpy arrays)."""
+    if isinstance(value, np.ndarray | list):
+        return [_listed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _listed(v) for k, v in value.items()}
+    return value
+
+
 def differences(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
     """Columns whose values differ between two training sets (exactly; null equals null); [] if identical."""
     if list(a.columns) != list(b.columns):
@@ -515,7 +524,11 @@ def differences(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
     for column in a.columns:
         x, y = a[column].reset_index(drop=True), b[column].reset_index(drop=True)
         both_null = x.isna().to_numpy() & y.isna().to_numpy()
-        same = both_null | (x.astype(object).to_numpy() == y.astype(object).to_numpy())
+        xs, ys = x.astype(object).to_numpy(), y.astype(object).to_numpy()
+        if any(isinstance(v, np.ndarray | list) for v in (*xs, *ys)):  # list features (top_k, last_k)
+            same = both_null | np.array([_listed(a) == _listed(b) for a, b in zip(xs, ys, strict=True)], dtype=bool)
+        else:
+            same = both_null | (xs == ys)
         if pd.api.types.is_datetime64_any_dtype(x) or pd.api.types.is_datetime64_any_dtype(y):
             same = both_null | (pd.to_datetime(x, utc=True) == pd.to_datetime(y, utc=True)).to_numpy()
         bad = np.flatnonzero(~same)

@@ -28,6 +28,7 @@ from aggregations.codec import EntityStateCodec
 from aggregations.compute import fold_into_state
 from aggregations.drift import feature_drift
 from aggregations.kernel import EventBatch, build_levels, empty_levels, expire, merge_levels, read
+from sinks.training_sets import differences
 from tests import oracle
 
 CPC_RSE = math.log(2) / math.sqrt(2**11)  # the ICON estimator's relative standard error at lg_k 11
@@ -362,3 +363,8 @@ def test_list_features_survive_parquet_and_drift_sees_the_same_values():
     back = pq.read_table(pa.BufferReader(buffer.getvalue())).to_pandas()
     served = pd.Series(json.loads(json.dumps(got["m_top2_1d"].tolist())))
     assert feature_drift("m_top2_1d", back["m_top2_1d"], served).psi == 0.0
+    # A rebuilt training set compares equal to the stored one, and a changed list is found.
+    assert differences(back, pq.read_table(pa.BufferReader(buffer.getvalue())).to_pandas()) == []
+    changed = back.copy()
+    changed.at[3, "m_last2_1d"] = ["p", "q"]
+    assert differences(back, changed) == ["m_last2_1d: 1 rows differ (row 3: array(['q', 'p'], dtype=object) vs ['p', 'q'])"]
