@@ -78,6 +78,7 @@ def bootstrap(
     partitions: int | None = None,
     progress: bool = True,
     client_config: dict | None = None,
+    spark=None,
 ) -> BootstrapStats:
     """Rebuild ``fs``'s online state from ``store`` and produce it to its changelog (see the module docstring).
 
@@ -127,7 +128,13 @@ def bootstrap(
     )  # fmt: skip
     errors: list[BaseException] = []
     try:
-        for part in rebuild_states(fs, store, now, partitions=partitions):
+        if spark is not None:
+            from .spark_engine import bootstrap_partitions
+
+            parts = bootstrap_partitions(fs, store, now, partitions, spark)
+        else:
+            parts = rebuild_states(fs, store, now, partitions=partitions)
+        for part in parts:
             for state in part.states:
                 future = producer.send(changelog, key=state.key, value=state.value, partition=state.partition)
                 future.add_errback(errors.append)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -104,6 +105,7 @@ def add_commands(subparsers, shared) -> None:
         default=1,
         help="compute partitions in this many processes in parallel (default 1)",
     )
+    add_engine_arguments(t)
     t.set_defaults(func=run_training_set)
     add_maintenance_commands(subparsers, shared)
     add_datasets_command(subparsers, shared)
@@ -228,7 +230,50 @@ def add_maintenance_commands(subparsers, shared) -> None:
         "--partitions", type=int, help="entity-hash partitions of the work (default: from the data size)"
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_engine_arguments(s)
     s.set_defaults(func=run_bootstrap)
+
+
+def add_engine_arguments(parser) -> None:
+    """``--engine local|spark``, ``--spark-master`` and ``--spark-conf``: where per-entity work runs."""
+    parser.add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default=os.environ.get("FEATURESTREAM_ENGINE", "local"),
+        help="local: this machine's processes (default; env FEATURESTREAM_ENGINE); spark: Apache Spark tasks "
+        "(pip install 'featurestream[spark]')",
+    )
+    parser.add_argument(
+        "--spark-master",
+        default=os.environ.get("FEATURESTREAM_SPARK_MASTER"),
+        metavar="URL",
+        help="with --engine spark: local[*] (default), local[N] or spark://host:7077 (env FEATURESTREAM_SPARK_MASTER)",
+    )
+    parser.add_argument(
+        "--spark-conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --engine spark: a Spark setting, e.g. spark.executor.memory=4g (repeatable)",
+    )
+
+
+def _spark(args):
+    """The SparkSession the command's --engine spark asks for, or None for the local engine."""
+    if getattr(args, "engine", "local") != "spark":
+        return None
+    conf = {}
+    for item in args.spark_conf:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--spark-conf takes KEY=VALUE, got {item!r}")
+        conf[key.strip()] = value.strip()
+    from .spark_engine import spark_session
+
+    try:
+        return spark_session(args.spark_master, conf)
+    except ImportError as exc:  # pyspark is an optional extra
+        raise ValueError(str(exc)) from None
 
 
 def _kafka_config(args) -> dict:
@@ -308,6 +353,7 @@ def run_bootstrap(args) -> int:
             partitions=args.partitions,
             progress=not args.no_progress,
             client_config=_kafka_config(args),
+            spark=_spark(args),
         )
     except BootstrapRefused as exc:
         print(f"featurestream bootstrap: refused: {exc}", file=sys.stderr)
@@ -412,10 +458,12 @@ def run_training_set(args) -> int:
         timestamp_column = first.timestamp_key
         rows_source = f"the stored events of {first.name}"
         print(f"rows: the {len(rows)} stored events of {first.name!r}, each at its own time", file=sys.stderr)
-    out = Path(args.out) if args.out else None
+    out = args.out or None
+    spark = _spark(args)
     options = dict(
         registry=registry, timestamp_column=timestamp_column, partitions=args.partitions, out=out,
         as_known_at=args.as_known_at, progress=sys.stderr.isatty(), workers=args.workers,
+        engine=args.engine, spark=spark,
     )  # fmt: skip
     if args.name:
         result = versioned_training_set(

@@ -134,7 +134,7 @@ def _scan_schema(fs: FeatureSet) -> pa.Schema:
     return schema
 
 
-def _batch_partitions(fs: FeatureSet, batch: pa.RecordBatch, partitions: int) -> np.ndarray:
+def batch_partitions(fs: FeatureSet, batch: pa.RecordBatch, partitions: int) -> np.ndarray:
     entity = _single_string_entity(fs)
     if entity is not None:
         column = batch.column(entity)
@@ -172,20 +172,26 @@ def _filter(fs: FeatureSet, start_ms, end_ms, arrival_until_ms, offsets_upto=Non
     return expr
 
 
-def _scan(
-    fs: FeatureSet, store, columns, start_ms, end_ms, arrival_until_ms, with_entities: bool, offsets_upto=None
-):
-    """(output schema, iterator of record batches) over the files that can hold the time range.
-
-    Batches carry the requested columns (+ the entity columns if ``with_entities``), entity columns
-    dictionary-encoded; ``_plain(batch.select(...), schema)`` gives the output form.
-    """
+def scan_columns(fs: FeatureSet, columns, with_entities: bool) -> tuple[pa.Schema, list[str]]:
+    """(output schema, columns to read) of a scan: the requested columns (+ the entity columns)."""
     wanted_columns = _columns(fs, columns)
     schema = arrow_schema(fs)
     out_schema = pa.schema([schema.field(c) for c in wanted_columns])
     read_columns = list(wanted_columns)
     if with_entities:
         read_columns += [e for e in fs.entity_names if e not in read_columns]
+    return out_schema, read_columns
+
+
+def _scan(
+    fs: FeatureSet, store, columns, start_ms, end_ms, arrival_until_ms, with_entities: bool, offsets_upto=None
+):
+    """(output schema, iterator of record batches) over the files that can hold the time range.
+
+    Batches carry the requested columns (+ the entity columns if ``with_entities``), entity columns
+    dictionary-encoded; ``plain(batch.select(...), schema)`` gives the output form.
+    """
+    out_schema, read_columns = scan_columns(fs, columns, with_entities)
     return out_schema, _batches(fs, store, read_columns, start_ms, end_ms, arrival_until_ms, offsets_upto)
 
 
@@ -193,21 +199,28 @@ def _batches(fs: FeatureSet, store, read_columns, start_ms, end_ms, arrival_unti
     """Non-empty record batches of one consistent snapshot (the snapshot lock is held until exhausted)."""
     with reading(dataset_dir(store, fs.name)):
         files = data_files(fs, store, start_ms, end_ms)
-        if not files:
-            return
-        fmt = ds.ParquetFileFormat(
-            read_options=ds.ParquetReadOptions(dictionary_columns=set(fs.entity_names))
+        yield from scan_files(
+            fs, [f.path for f in files], read_columns, start_ms, end_ms, arrival_until_ms, offsets_upto
         )
-        filesystem, paths = arrow_files([f.path for f in files])
-        dataset = ds.dataset(paths, format=fmt, schema=_scan_schema(fs), filesystem=filesystem)
-        scanner = dataset.scanner(
-            columns=read_columns,
-            filter=_filter(fs, start_ms, end_ms, arrival_until_ms, offsets_upto),
-            batch_size=BATCH_ROWS,
-        )
-        for batch in scanner.to_batches():
-            if batch.num_rows:
-                yield batch
+
+
+def scan_files(fs: FeatureSet, paths: list, read_columns, start_ms, end_ms, arrival_until_ms, offsets_upto=None):
+    """Non-empty record batches of the given data files: rows of the time range, arrival bound and snapshot,
+    entity columns dictionary-encoded (each distinct key hashed once). Runs wherever the files are reachable:
+    in this process, or in a Spark task."""
+    if not paths:
+        return
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(fs.entity_names)))
+    filesystem, where = arrow_files(list(paths))
+    dataset = ds.dataset(where, format=fmt, schema=_scan_schema(fs), filesystem=filesystem)
+    scanner = dataset.scanner(
+        columns=read_columns,
+        filter=_filter(fs, start_ms, end_ms, arrival_until_ms, offsets_upto),
+        batch_size=BATCH_ROWS,
+    )
+    for batch in scanner.to_batches():
+        if batch.num_rows:
+            yield batch
 
 
 def read_table(
@@ -235,11 +248,11 @@ def read_table(
     pieces = []
     for batch in batches:
         if filtering:
-            keep = np.isin(_batch_partitions(fs, batch, partitions), selected)
+            keep = np.isin(batch_partitions(fs, batch, partitions), selected)
             if not keep.any():
                 continue
             batch = batch.filter(pa.array(keep))
-        pieces.append(_plain(batch.select(out_schema.names), out_schema))
+        pieces.append(plain(batch.select(out_schema.names), out_schema))
     return pa.Table.from_batches(pieces, schema=out_schema)
 
 
@@ -283,14 +296,14 @@ class PartitionedEvents:
         try:
             for batch in batches:
                 part = (
-                    _batch_partitions(fs, batch, partitions)
+                    batch_partitions(fs, batch, partitions)
                     if partitions > 1
                     else np.zeros(batch.num_rows, dtype=np.int64)
                 )
                 small = part.astype(np.uint16) if partitions <= 65_536 else part
                 order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys: O(n)
                 part = part[order]
-                batch = _plain(batch.select(self.schema.names), self.schema).take(pa.array(order))
+                batch = plain(batch.select(self.schema.names), self.schema).take(pa.array(order))
                 bounds = np.searchsorted(part, np.arange(partitions + 1))
                 for p in np.flatnonzero(wanted & (bounds[1:] > bounds[:-1])).tolist():
                     if p not in writers:
@@ -375,7 +388,7 @@ def _columns(fs: FeatureSet, columns: Collection[str] | None) -> list[str]:
     return wanted + list(META_COLUMNS)
 
 
-def _plain(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+def plain(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """Dictionary-encoded columns back to their stored type."""
     arrays = [
         pc.cast(col, schema.field(i).type) if pa.types.is_dictionary(col.type) else col

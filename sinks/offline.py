@@ -95,6 +95,9 @@ def get_offline_features(
     return_manifest: bool = False,
     snapshot: Mapping[str, Mapping[int, int]] | None = None,
     rows_source: str = "DataFrame",
+    engine: str = "local",
+    spark=None,
+    spark_master: str | None = None,
 ):
     """The vector's features at each row's (entities, timestamp), point-in-time correct, across feature sets.
 
@@ -112,14 +115,22 @@ def get_offline_features(
     returns ``(frame, manifest)``. Either reads a snapshot of the data taken first (the files, and the
     highest Kafka offset per partition of each set), so the manifest names exactly the data used.
     ``snapshot`` (set -> {partition: highest offset}) reads that snapshot instead of the current data.
+
+    ``engine="spark"`` computes the partitions as Spark tasks (``sinks.spark_engine``): on ``spark`` (a
+    SparkSession), else on the active session or a new one on ``spark_master`` (default local[*]). Same
+    kernel, same partitioning, same result; ``partitions`` then defaults to ~1M events each and at least
+    two per core, and ``workers`` is ignored.
     """
+    if engine not in ("local", "spark"):
+        raise ValueError(f"engine must be 'local' or 'spark', got {engine!r}")
     if name is not None or return_manifest:
         from .training_sets import versioned_training_set
 
         return versioned_training_set(
             vector, rows, store, name=name, return_manifest=return_manifest, registry=registry,
             timestamp_column=timestamp_column, partitions=partitions, out=out, as_known_at=as_known_at,
-            progress=progress, workers=workers, snapshot=snapshot, rows_source=rows_source,
+            progress=progress, workers=workers, snapshot=snapshot, rows_source=rows_source, engine=engine,
+            spark=spark, spark_master=spark_master,
         )  # fmt: skip
     sets, vector = _resolve(vector, registry)
     by_set = vector.resolve(sets)
@@ -137,8 +148,12 @@ def get_offline_features(
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if engine == "spark":
+        from .spark_engine import spark_session
+
+        spark = spark or spark_session(spark_master)
     tasks = [
-        _plan(sets[set_name], names, rows, query_ts, store, partitions, workers)
+        _plan(sets[set_name], names, rows, query_ts, store, partitions, workers, spark)
         for set_name, names in by_set.items()
     ]
     if snapshot is not None:
@@ -148,7 +163,7 @@ def get_offline_features(
     computed: dict[tuple[str, str], pd.Series] = {}
     try:
         for task in tasks:
-            frame = _compute_set(task, rows, query_ts, store, as_known_at, bar, workers)
+            frame = _compute_set(task, rows, query_ts, store, as_known_at, bar, workers, spark)
             for feature in task.requested:
                 computed[(task.fs.name, feature)] = frame[feature]
     finally:
@@ -204,7 +219,7 @@ def _vector_order(vector: FeatureVector, sets: Mapping[str, FeatureSet]) -> list
     return order
 
 
-def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions, workers) -> _SetTask:
+def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions, workers, spark=None) -> _SetTask:
     on_read = {o.name for o in fs.on_read}
     aggregated = [f.name for f in fs.plan.features]
     if not any(name in on_read for name in requested):
@@ -217,8 +232,12 @@ def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions, workers)
         start_ms = end_ms = 0
     if partitions is None:
         events = count_events(fs, store, start_ms, end_ms) if len(rows) else 0
-        # Workers hold a partition each at the same time: smaller partitions keep the total bounded.
-        partitions = max(1, math.ceil(events * workers / TARGET_EVENTS_PER_PARTITION))
+        if spark is not None:
+            from .spark_engine import buckets
+
+            partitions = buckets(spark, events)
+        else:  # workers hold a partition each at the same time: smaller partitions keep the total bounded
+            partitions = max(1, math.ceil(events * workers / TARGET_EVENTS_PER_PARTITION))
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
     return _SetTask(
@@ -239,37 +258,49 @@ def _needed_columns(fs: FeatureSet) -> list[str] | None:
     return list(dict.fromkeys([*fs.entity_names, fs.timestamp_key, *fs.plan.fields_by_column]))
 
 
-def _compute_set(task: _SetTask, rows, query_ts, store, as_known_at: bool, bar, workers: int) -> pd.DataFrame:
+def _compute_set(
+    task: _SetTask, rows, query_ts, store, as_known_at: bool, bar, workers: int, spark=None
+) -> pd.DataFrame:
     fs, n = task.fs, len(rows)
     values: dict[str, np.ndarray] = {}
     needed = np.unique(task.partition_of_row).tolist()
+    bar.update(task.partitions - len(needed))  # partitions without rows: nothing to do
+    for idx, part in _partition_results(task, query_ts, store, as_known_at, workers, spark, needed):
+        for name, column in part.items():
+            target = values.get(name)
+            if target is None:
+                target = values[name] = np.empty(n, dtype=column.dtype)
+            elif target.dtype != column.dtype:
+                target = values[name] = target.astype(object)
+            target[idx] = column
+        bar.update(1)
+    frame = pd.DataFrame({name: values[name] for name in task.aggregated if name in values}, index=range(n))
+    if n == 0:
+        frame = pd.DataFrame({name: np.zeros(0) for name in task.aggregated})
+    return apply_on_read(fs, rows, frame)
+
+
+def _partition_results(task: _SetTask, query_ts, store, as_known_at, workers, spark, needed):
+    """(row positions, features) of each entity-hash partition that has rows: on Spark, or here."""
+    if spark is not None:
+        from .spark_engine import training_partitions
+
+        yield from training_partitions(task, query_ts, store, as_known_at, spark)
+        return
     with PartitionedEvents(
-        fs,
+        task.fs,
         store,
         partitions=task.partitions,
         needed=needed,
-        columns=_needed_columns(fs),
+        columns=_needed_columns(task.fs),
         start_ms=task.start_ms,
         end_ms=task.end_ms,
         arrival_until_ms=task.end_ms if as_known_at else None,
         offsets_upto=task.offsets_upto,
     ) as split:
-        bar.update(task.partitions - len(needed))  # partitions without rows: nothing to do
         job = _Job(task, split, query_ts, as_known_at)
         for p, part in _run(job, needed, workers):
-            idx = job.rows_of(p)
-            for name, column in part.items():
-                target = values.get(name)
-                if target is None:
-                    target = values[name] = np.empty(n, dtype=column.dtype)
-                elif target.dtype != column.dtype:
-                    target = values[name] = target.astype(object)
-                target[idx] = column
-            bar.update(1)
-    frame = pd.DataFrame({name: values[name] for name in task.aggregated if name in values}, index=range(n))
-    if n == 0:
-        frame = pd.DataFrame({name: np.zeros(0) for name in task.aggregated})
-    return apply_on_read(fs, rows, frame)
+            yield job.rows_of(p), part
 
 
 @dataclass

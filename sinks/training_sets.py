@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from aggregations import FeatureSet, FeatureVector, Registry
 from aggregations.definitions import check_name
@@ -44,7 +43,8 @@ from aggregations.loading import FILE_MODULE_PREFIX, load_registry
 
 from .layout import dataset_dir, source_path
 from .snapshot import fsync_dir, live_parts, reading
-from .writer import write_parquet_atomic
+from .storage import arrow_fs, is_local, open_location, parquet_bytes, parquet_rows
+from .writer import COMPRESSION, write_parquet_atomic
 
 DATASETS_DIR = "datasets"
 MANIFEST_FILE = "manifest.json"
@@ -61,8 +61,8 @@ class RebuildRefused(ValueError):
 
 
 def datasets_root(store: str | Path) -> Path:
-    """``<store>/datasets``: every named training set's versions."""
-    return Path(store) / DATASETS_DIR
+    """``<store>/datasets``: every named training set's versions (a local directory or an ``s3://`` prefix)."""
+    return open_location(store) / DATASETS_DIR
 
 
 def version_dir(store: str | Path, name: str, version: int) -> Path:
@@ -155,7 +155,7 @@ def capture_snapshot(sets: Iterable[FeatureSet], store: str | Path) -> dict[str,
                         "partition": part.partition,
                         "first_offset": part.first,
                         "last_offset": part.last,
-                        "rows": pq.ParquetFile(part.path).metadata.num_rows,
+                        "rows": parquet_rows(part.path),
                         "bytes": part.path.stat().st_size,
                     }
                 )
@@ -292,6 +292,8 @@ def build_manifest(
 def write_version(store: str | Path, name: str, frame: pd.DataFrame, manifest: dict) -> tuple[int, Path]:
     """Write ``frame`` and ``manifest`` as the next version of ``name``; returns (version, its directory)."""
     root = datasets_root(store) / check_name("training set", name)
+    if not is_local(root):
+        return _write_version_to_store(store, root, name, frame, manifest)
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".tmp-{uuid.uuid4().hex}"
     staging.mkdir()
@@ -319,6 +321,28 @@ def write_version(store: str | Path, name: str, frame: pd.DataFrame, manifest: d
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _write_version_to_store(store, root, name: str, frame: pd.DataFrame, manifest: dict) -> tuple[int, Path]:
+    """Object stores (no rename): the data, then the manifest as the commit point of ``v<N>/`` (a version
+    counts once its manifest exists). Two writers of one name at the same instant are not excluded (no
+    conditional PUT through pyarrow): the later manifest is detected and that writer retries with N + 1."""
+    data = parquet_bytes(pa.Table.from_pandas(frame, preserve_index=False), compression=COMPRESSION)
+    token = uuid.uuid4().hex
+    for _ in range(100):
+        version = max(versions_of(store, name), default=0) + 1
+        target = root / f"v{version}"
+        if list(target.iterdir()):  # another writer is filling this number right now
+            continue
+        (target / DATA_FILE).write_bytes(data)
+        body = {**manifest, "name": name, "version": version, "writer": token}
+        body["output"] = {**manifest["output"], "sha256": hashlib.sha256(data).hexdigest()}
+        (target / MANIFEST_FILE).write_text(json.dumps(body, indent=2, default=str) + "\n")
+        if json.loads((target / MANIFEST_FILE).read_text()).get("writer") != token:
+            continue
+        manifest.update(name=name, version=version, output=body["output"])
+        return version, target
+    raise RuntimeError(f"could not find a free version number under {root}")
 
 
 def _fsync_file(path: Path) -> None:
@@ -502,7 +526,8 @@ def rebuild(
 def stored(store: str | Path, name: str, version: int | str | None = None) -> pd.DataFrame:
     """The data of a version, as written."""
     manifest = read_manifest(store, name, version)
-    return pd.read_parquet(version_dir(store, name, manifest["version"]) / DATA_FILE)
+    filesystem, where = arrow_fs(version_dir(store, name, manifest["version"]) / DATA_FILE)
+    return pd.read_parquet(where, filesystem=filesystem)
 
 
 def _listed(value):

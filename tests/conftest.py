@@ -8,6 +8,9 @@ whatever the outcome. Set ``FEATURESTREAM_TEST_BROKER=host:port`` to use an alre
 on a free port, points the AWS variables of this process (inherited by the processes it starts) at it and
 yields its endpoint URL; ``s3_store`` (function) is a fresh ``s3://featurestream/<test>-<uuid>`` store URI.
 
+``spark`` (session) is one local[2] SparkSession for every Spark test (started on first use, stopped at the end);
+it is started after ``s3_server`` so that its executors get the object store's AWS variables.
+
 ``new_topic`` (function) is a factory: ``new_topic(partitions=4)`` creates a uniquely named topic and returns
 its name once every partition has a leader in the broker's metadata.
 
@@ -46,6 +49,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API: ~200 warnings
     # per run that say nothing about this project.
     config.addinivalue_line("filterwarnings", "ignore:(read_text|open_text) is deprecated:DeprecationWarning")
+    # PySpark warns on every Arrow call under pandas 3; the Spark engine hands pyspark Arrow only.
+    config.addinivalue_line("filterwarnings", "ignore:PySpark does not yet fully support pandas:FutureWarning")
     # SIGTERM (e.g. a CI timeout) would end pytest without teardown: make it an interrupt, so the session
     # fixtures still stop the broker.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -173,6 +178,20 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stopped = _run_script("stop.sh", *args, "--wipe", env=env, where=S3PROXY_DIR)
         if stopped.returncode != 0:
             sys.stderr.write(f"stopping the test S3 server failed:\n{stopped.stdout}")
+
+
+@pytest.fixture(scope="session")
+def spark(s3_server: str) -> Iterator[object]:
+    """A local[2] SparkSession shared by the whole test session."""
+    from sinks.spark_engine import spark_session
+
+    session = spark_session(
+        "local[2]", {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false", "spark.driver.memory": "1g"}
+    )
+    try:
+        yield session
+    finally:
+        session.stop()
 
 
 @pytest.fixture
