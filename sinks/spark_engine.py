@@ -200,7 +200,9 @@ def training_partitions(task, query_ts: np.ndarray, store, as_known_at: bool, sp
             queries.repartition(n, "_bucket").groupBy("_bucket")
         )
         result = grouped.applyInArrow(compute, "_bucket int, payload binary")
-        for row in result.toLocalIterator(prefetchPartitions=True):
+        # collect, not toLocalIterator: every partition computes in parallel; what comes back is the
+        # training set itself (the rows' features), never the history.
+        for row in result.collect():
             rows, values = pickle.loads(row["payload"])
             yield rows, values
 
@@ -236,5 +238,5 @@ def bootstrap_partitions(fs: FeatureSet, store, now: int, partitions: int | None
             return pa.table({"payload": pa.array([payload], pa.binary())})
 
         result = events.repartition(n, "_bucket").groupBy("_bucket").applyInArrow(compute, "payload binary")
-        for row in result.toLocalIterator(prefetchPartitions=True):
+        for row in result.collect():  # in parallel; the states are what bootstrap produces anyway
             yield pickle.loads(row["payload"])
