@@ -1,6 +1,6 @@
 """featurestream.aggregations: declarations and the one aggregation kernel shared online and offline.
 
-Pure: numpy, pandas and pyarrow only. No Kafka, no Faust, no files.
+Pure: numpy, pandas, pyarrow and datasketches (sketch ops) only. No Kafka, no Faust, no files.
 """
 
 from .definitions import Aggregation, Entity, Feature, FeatureSet, FeatureVector, OnRead, Plan, Registry

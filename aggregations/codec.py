@@ -2,9 +2,10 @@
 
 Layout: b"FS2" | u32 meta length | meta JSON | per level of the chain: u32 n | n rows of
 (1 + k) little-endian 8-byte words: the tile index, then each numeric field array of the plan
-in plan order (floats stored by their bit pattern). Row-major tiles let a whole batch of entities
-decode with one ``frombuffer`` per level. Object arrays (string first/last values, distinct sets)
-travel in the meta JSON. The meta carries the definition fingerprint, so state of a changed
+in plan order (floats stored by their bit pattern), then, for each array of a binary field (sketches,
+last-k values; ``binary = True``), n u32 lengths (0 = empty) followed by the n elements' bytes. Row-major
+tiles let a whole batch of entities decode with one ``frombuffer`` per level. Other object arrays (string
+first/last values, distinct sets) travel in the meta JSON. The meta carries the definition fingerprint, so state of a changed
 definition is never read by accident, and free-form entries (e.g. applied source offsets).
 Deliberately not pickle: the changelog topic must not be able to run code.
 """
@@ -44,8 +45,13 @@ class EntityStateCodec:
         self.value_dtype = {c: (object if k == "O" else np.float64) for c, k in kinds.items()}
         # (key, array position, dtype) of every array; numeric ones are 8-byte words, object ones go to JSON.
         self.arrays = []
+        self.binary = []  # (key, array position) of the arrays of binary fields, stored as length-prefixed bytes
         for column, field in self.keys:
+            binary = getattr(FIELDS[field], "binary", False)
             for pos, arr in enumerate(FIELDS[field].zeros(0, self.value_dtype[column])):
+                if binary:
+                    self.binary.append(((column, field), pos))
+                    continue
                 if arr.dtype.kind != "O" and arr.dtype.itemsize != 8:
                     raise TypeError(f"codec stores 8-byte words, field {field} has {arr.dtype}")
                 self.arrays.append(((column, field), pos, arr.dtype))
@@ -75,17 +81,25 @@ class EntityStateCodec:
             level = levels.levels[period]
             lo = np.searchsorted(level.codes, codes, side="left")
             hi = np.searchsorted(level.codes, codes, side="right")
-            per_level.append((period, level, self._matrix(level), lo, hi))
+            binary = {}
+            if self.binary and len(codes):
+                first, last = int(lo.min()), int(hi.max())
+                for key, pos in self.binary:
+                    binary[(key, pos)] = _binary_elements(level.states[key][pos], first, last)
+            per_level.append((period, level, self._matrix(level), lo, hi, binary))
         out = []
         for i, meta in enumerate(metas):
             body = dict(meta)
             body["fp"] = self.fingerprint
             chunks: list[bytes] = []
             objects: dict[str, list] = {}
-            for period, level, matrix, lo, hi in per_level:
+            for period, level, matrix, lo, hi, binary in per_level:
                 a, b = int(lo[i]), int(hi[i])
                 chunks.append(_U32.pack(b - a))
                 chunks.append(matrix[a:b].tobytes())
+                for first, lengths, raw in binary.values():
+                    chunks.append(lengths[a - first : b - first].tobytes())
+                    chunks.extend(raw[a - first : b - first])
                 for key, pos, _ in self.objects:
                     values = level.states[key][pos][a:b].tolist()
                     if values:
@@ -118,6 +132,7 @@ class EntityStateCodec:
         counts: dict[int, list[int]] = {p: [] for p in self.plan.chain}
         owners: dict[int, list[int]] = {p: [] for p in self.plan.chain}
         objects_by_level: dict[int, dict] = {p: {} for p in self.plan.chain}
+        binary_by_level: dict[int, dict] = {p: {k: [] for k in self.binary} for p in self.plan.chain}
         metas = []
         for code, blob in enumerate(blobs):
             if blob is None:
@@ -131,6 +146,8 @@ class EntityStateCodec:
                 offset += 4
                 slices[period].append(blob[offset : offset + n * row_bytes])
                 offset += n * row_bytes
+                for key, pos in self.binary:
+                    offset = _read_binary(blob, offset, n, binary_by_level[period][(key, pos)])
                 counts[period].append(n)
                 owners[period].append(code)
                 if self.objects:
@@ -150,6 +167,12 @@ class EntityStateCodec:
                 arr = np.empty(len(values), dtype=object)
                 arr[:] = [frozenset(v) if key[1] == "distinct" and v is not None else v for v in values]
                 arrays[(key, pos)] = arr
+            for key, pos in self.binary:
+                values = binary_by_level[period][(key, pos)]
+                arr = np.empty(len(values), dtype=object)
+                for i, value in enumerate(values):
+                    arr[i] = value
+                arrays[(key, pos)] = arr
             states = {
                 key: tuple(
                     arrays[(key, pos)]
@@ -159,6 +182,25 @@ class EntityStateCodec:
             }
             levels[period] = Level(period, codes, matrix[:, 0].astype(np.int64), states)
         return Levels(levels), metas
+
+
+def _binary_elements(elements: np.ndarray, first: int, last: int) -> tuple[int, np.ndarray, list[bytes]]:
+    """Rows [first, last) of a binary field's array (bytes or None) as (first, u32 lengths, bytes): an
+    entity's chunk is its rows' lengths (0 for an empty element) followed by their bytes."""
+    raw = [b"" if e is None else e for e in elements[first:last].tolist()]
+    return first, np.fromiter(map(len, raw), dtype="<u4", count=len(raw)), raw
+
+
+def _read_binary(blob: bytes, offset: int, n: int, into: list) -> int:
+    """Append the n elements of a binary chunk at ``offset`` to ``into``; returns the offset after it."""
+    if n == 0:
+        return offset
+    lengths = struct.unpack_from(f"<{n}I", blob, offset)
+    offset += 4 * n
+    for length in lengths:
+        into.append(None if length == 0 else blob[offset : offset + length])
+        offset += length
+    return offset
 
 
 def _jsonable(value):

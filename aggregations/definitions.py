@@ -18,7 +18,7 @@ from functools import cached_property
 
 import pandas as pd
 
-from .ops import get_op
+from .ops import get_op, parse_op
 from .tiles import Window, level_chain
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -50,17 +50,30 @@ class Entity:
 
 @dataclass(frozen=True)
 class Feature:
-    """One output feature: ``{name}_{op}_{window}``."""
+    """One output feature: ``{name}_{label}_{window}``; the label is the op's name or, for a parametrized
+    op, derived from its parameters (``p50``, ``top5``, ``last3``; see ``ops.parse_op``)."""
 
     name: str
     column: str
     op: str
     window: Window
+    params: tuple = ()
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The state fields this feature is read from."""
+        return get_op(self.op).fields_for(self.params)
+
+    def finalize(self, states):
+        """Values of this feature from its fields' states (``{field name: state}``)."""
+        return get_op(self.op).finalize_for(states, self.params)
 
 
 class Aggregation:
     """Ops over one column and several windows: ``Aggregation("amount", ["sum", "avg"], windows=["1h", "90d"])``.
 
+    ``ops`` are names or, for parametrized ops, calls with literal arguments: ``"approx_percentile(0.5, 0.99)"``
+    (features ``amount_p50_1h``, ``amount_p99_1h``), ``"top_k(5)"`` (``merchant_top5_1h``), ``"last_k(3)"``.
     ``periods`` overrides the tile period: one string for every window, a list aligned with
     ``windows``, or a mapping window -> period. ``name`` replaces the column in feature names.
     """
@@ -79,7 +92,11 @@ class Aggregation:
             raise ValueError(f"aggregation {self.name!r}: ops must be a non-empty list, got {ops!r}")
         if isinstance(windows, str) or not windows:
             raise ValueError(f"aggregation {self.name!r}: windows must be a non-empty list, got {windows!r}")
-        self.ops = tuple(get_op(op).name for op in ops)
+        try:
+            self.specs = tuple(parse_op(op) for op in ops)
+        except ValueError as exc:
+            raise ValueError(f"aggregation {self.name!r}: {exc}") from None
+        self.ops = tuple(spec.canonical for spec in self.specs)
         self.windows = tuple(self._windows(windows, periods))
         if len(set(self.ops)) != len(self.ops):
             raise ValueError(f"aggregation {self.name!r}: duplicate op in {list(ops)!r}")
@@ -108,9 +125,10 @@ class Aggregation:
 
     def features(self) -> list[Feature]:
         return [
-            Feature(f"{self.name}_{op}_{w.label}", self.column, op, w)
+            Feature(f"{self.name}_{label}_{w.label}", self.column, spec.op.name, w, params)
             for w in self.windows
-            for op in self.ops
+            for spec in self.specs
+            for label, params in spec.outputs()
         ]
 
     def describe(self) -> dict:
@@ -215,10 +233,11 @@ class FeatureSet:
                 raise ValueError(
                     f"feature set {self.name!r}: aggregated column {agg.column!r} is not in the schema"
                 )
-            for op in agg.ops:
-                if get_op(op).numeric_only and dtype is not None and dtype not in NUMERIC_TYPES:
+            for spec in agg.specs:
+                if spec.op.numeric_only and dtype is not None and dtype not in NUMERIC_TYPES:
                     raise ValueError(
-                        f"feature set {self.name!r}: op {op!r} needs a numeric column, but {agg.column!r} is {dtype}"
+                        f"feature set {self.name!r}: op {spec.canonical!r} needs a numeric column, "
+                        f"but {agg.column!r} is {dtype}"
                     )
         seen: dict[str, str] = {}
         for feature in self.feature_names():
@@ -236,7 +255,7 @@ class FeatureSet:
         fields: dict[str, list[str]] = {}
         for f in features:
             bucket = fields.setdefault(f.column, [])
-            for name in get_op(f.op).fields:
+            for name in f.fields:
                 if name not in bucket:
                     bucket.append(name)
         windows = tuple(sorted({f.window for f in features}, key=lambda w: (w.period, w.length)))

@@ -18,6 +18,7 @@ of the null rate is drift too. Pure numpy/pandas.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -99,12 +100,23 @@ def _fmt(x: float) -> str:
 
 
 def _key(value):
-    """Category key: numbers as float (1 and 1.0 are one bin), everything else as str."""
+    """Category key: numbers as float (1 and 1.0 are one bin), list values (top_k, last_k) as canonical JSON
+    (the same whether they come from an HTTP answer or a Parquet training set), everything else as str."""
+    if isinstance(value, np.ndarray | list | tuple | dict):
+        return json.dumps(_listed(value), sort_keys=True, default=str)
     if isinstance(value, bool | np.bool_):
         return str(value)
     if isinstance(value, int | float | np.integer | np.floating):
         return float(value)
     return str(value)
+
+
+def _listed(value):
+    if isinstance(value, np.ndarray | list | tuple):
+        return [_listed(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, dict):
+        return {k: _listed(v) for k, v in value.items()}
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def is_numeric(values: pd.Series) -> bool:

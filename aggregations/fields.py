@@ -4,7 +4,8 @@ A field is a small tuple of numpy arrays (one element per tile or per query) wit
 operations: ``lift`` (events -> one state per event), ``merge`` (elementwise), ``reduce_groups``
 (contiguous, non-overlapping groups -> one state per group) and ``reduce_ranges`` (possibly
 overlapping [lo, hi) ranges of time-ordered, non-overlapping tiles -> one state per range).
-Ops (count, avg, var, ...) are read from fields at finalize time; see ``ops.py``.
+Ops (count, avg, var, ...) are read from fields at finalize time; see ``ops.py``. The bounded-state
+fields of the sketch ops live in ``sketch_fields.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .sketch_fields import CpcField, KllField, parametrized_field
 
 State = tuple[np.ndarray, ...]
 
@@ -276,7 +279,18 @@ def _fold_ranges(field, s: State, lo: np.ndarray, hi: np.ndarray) -> State:
     return acc
 
 
-FIELDS = {
+class _Fields(dict):
+    """Field name -> field; parametrized names (``frequent:7``, ``last_k:5``) are built on first use."""
+
+    def __missing__(self, name: str):
+        field = parametrized_field(name)
+        if field is None:
+            raise KeyError(name)
+        self[name] = field
+        return field
+
+
+FIELDS = _Fields({
     "count": UfuncField("count", np.add, 0, np.int64, "valid"),
     "sum": UfuncField("sum", np.add, 0.0, np.float64, "value"),
     "sumsq": UfuncField("sumsq", np.add, 0.0, np.float64, "square"),
@@ -286,4 +300,6 @@ FIELDS = {
     "last": ExtremeByTimeField("last", latest=True),
     "moments": MomentsField(),
     "distinct": DistinctField(),
-}
+    "cpc": CpcField(),
+    "kll": KllField(),
+})

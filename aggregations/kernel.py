@@ -14,7 +14,6 @@ import numpy as np
 
 from .definitions import Plan
 from .fields import FIELDS, State
-from .ops import get_op
 from .tiles import keep_from, window_levels
 
 FieldKey = tuple[str, str]  # (column, field name)
@@ -240,7 +239,7 @@ def read(
         ]
         if not window_features:
             continue
-        needed = {(f.column, name) for f in window_features for name in get_op(f.op).fields}
+        needed = {(f.column, name) for f in window_features for name in f.fields}
         acc: dict[FieldKey, State] = {}
         bound = window.start(q_ts)
         for period in window_levels(window, plan.chain):
@@ -252,6 +251,5 @@ def read(
                 acc[key] = part if key not in acc else FIELDS[key[1]].merge(acc[key], part)
             bound = upper
         for f in window_features:
-            op = get_op(f.op)
-            out[f.name] = op.finalize({name: acc[(f.column, name)] for name in op.fields})
+            out[f.name] = f.finalize({name: acc[(f.column, name)] for name in f.fields})
     return out

@@ -149,7 +149,7 @@ class Broker:
 class Worker:
     """``python -m featurestream.cli worker`` on a fresh prefix, app id and state dir; log in a temp file."""
 
-    def __init__(self, broker: str, prefix: str, state_dir: str, log_path: str):
+    def __init__(self, broker: str, prefix: str, state_dir: str, log_path: str, definitions: Path = DEFINITIONS):
         self.port = _free_ports(1)[0]
         self.log_path = log_path
         env = dict(os.environ)
@@ -157,7 +157,7 @@ class Worker:
         cmd = [
             sys.executable, "-m", "featurestream.cli", "worker",
             "--broker", broker,
-            "--definitions", str(DEFINITIONS),
+            "--definitions", str(definitions),
             "--state-dir", state_dir,
             "--web-port", str(self.port),
             "--topic-prefix", prefix,
@@ -465,6 +465,13 @@ def main() -> int:
         "--users", type=int, default=100_000, help="users of the pre-filled events (default 100,000)"
     )
     parser.add_argument("--partitions", type=int, default=4, help="source topic partitions (default 4)")
+    parser.add_argument(
+        "--definitions",
+        type=Path,
+        default=DEFINITIONS,
+        help="definitions with a 'transactions' set over user_id, ts, amount (default: the example; "
+        "benchmarks/sketch_features.py adds the sketch ops)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="random seed of events and reads (default 7)")
     parser.add_argument("--reads-1", type=int, default=5_000, help="requests at 1 client (default 5,000)")
     parser.add_argument(
@@ -519,7 +526,9 @@ def main() -> int:
         )
 
         loads["ingest"] = _load()
-        worker = Worker(address, prefix, str(Path(tmp.name) / "state"), str(Path(tmp.name) / "worker.log"))
+        worker = Worker(
+            address, prefix, str(Path(tmp.name) / "state"), str(Path(tmp.name) / "worker.log"), args.definitions
+        )
         ingest = measure_ingest(worker, args.events)
         m = ingest["metrics"]
         print(

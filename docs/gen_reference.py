@@ -36,25 +36,43 @@ else 401 with `WWW-Authenticate: Bearer`.
   a feature set; `.preview(events_df)` (features of each event as of its own time),
   `.preview(events_df, at=rows)`, `.feature_names()`, `.fingerprint()`.
 - `aggregations.Aggregation(column, ops, windows, periods=None)`: ops `count, sum, avg, min, max, first,
-  last, sqr, var, std, count_distinct`; windows like `"1h"`, `"90d"`.
+  last, sqr, var, std, count_distinct` and the bounded-state sketch ops `approx_count_distinct`,
+  `approx_percentile(q, ...)` (features `{column}_p50_{window}`, ...), `top_k(k)` (`{column}_top5_{window}`:
+  a list of `{"value", "count"}`), `last_k(k)` (`{column}_last5_{window}`: a list, latest first); see
+  [concepts](concepts.md#sketch-ops); windows like `"1h"`, `"90d"`.
 - `aggregations.OnRead(name, fn, inputs=[...])`: a feature computed at read time from aggregates and request
   columns (`fn(frame) -> Series`).
 - `aggregations.FeatureVector(name, ["set.feature", ...])` and `aggregations.Registry(sets, vectors)`;
   `aggregations.loading.load_registry(path_or_module)`.
 - `sinks.get_offline_features(vector, rows, store, *, registry=None, timestamp_column="ts", out=None,
   as_known_at=False, partitions=None, workers=1) -> DataFrame`: the vector at each row's entities and time,
-  point in time correct; `out` also writes Parquet.
+  point in time correct; `out` also writes Parquet. `name="fraud"` also writes a new version
+  `<store>/datasets/fraud/v<N>/` (data + manifest); `return_manifest=True` returns `(frame, manifest)`.
+  Vectors may use `"set.*"` (every feature of the set).
+- `sinks.training_sets`: `read_manifest(store, name, version=None)`, `list_versions(store, name=None)`,
+  `rebuild(store, name, version=None, registry=None) -> (frame, manifest)`, `stored(store, name, version)`,
+  `differences(a, b)`; `capture_snapshot(sets, store)` + `build_manifest(...)` for other engines that compute
+  a training set (read through `snapshot_offsets(snapshot)`, then `write_version(store, name, frame, manifest)`).
+- `featurestream.OnlineClient(url=None, *, token=None, token_file=None, timeout=5.0, connect_timeout=2.0,
+  retries=3, backoff=0.1, pool_size=10)`: reads features from running workers (url default env
+  `FEATURESTREAM_URL`, token default env `FEATURESTREAM_AUTH_TOKEN`). `.vector(name).get(rows, as_frame=False)`
+  -> one `{feature: value}` per row (or a DataFrame: the rows' columns, then the features); more than 1,000
+  rows go in several requests. `.features(set, entity, features=None, **inputs)` -> `{feature: value}` (a
+  composite key as a tuple of its parts). `.health()`. Only requests that could not connect are retried;
+  errors: `FeatureRequestError` (4xx, `.status`, `.message` from the worker), `FeatureServerError` (5xx),
+  `FeatureConnectionError`, `FeatureTimeout` (all `FeatureClientError`).
 
 ## CLI
 
-Every option has a `FEATURESTREAM_*` environment variable. Kafka TLS/SASL options are shared by every
-command; the SASL user name and password come from `FEATURESTREAM_KAFKA_SASL_USERNAME` / `_PASSWORD` only.
+Every option has a `FEATURESTREAM_*` environment variable. Each command lists only the options it uses; the
+Kafka TLS/SASL options are the same on every command that talks to Kafka, and the SASL user name and password
+come from `FEATURESTREAM_KAFKA_SASL_USERNAME` / `_PASSWORD` only.
 Every command prints its help (this block runs in `tests/unit/test_docs.py`):
 
 <!-- test -->
 ```bash
 featurestream --help > /dev/null
-for command in worker get sink training-set preview verify; do featurestream "$command" --help > /dev/null; done
+for command in worker get sink training-set datasets preview verify; do featurestream "$command" --help > /dev/null; done
 ```
 """
 

@@ -7,7 +7,9 @@ import sys
 
 from kafka.errors import KafkaError
 
-from .config import common_parser
+from sinks import storage
+
+from . import options
 from .kafka_security import KafkaSecurity
 
 
@@ -15,34 +17,32 @@ def build_parser() -> argparse.ArgumentParser:
     import sinks.cli
     import stream.cli
 
-    from . import describe_cmd, drift_cmd, plan_cmd, preview_cmd, produce, verify
+    from . import describe_cmd, drift_cmd, plan_cmd, preview_cmd, produce, verify_cmd
 
     parser = argparse.ArgumentParser(
         prog="featurestream",
         description="Streaming-first feature store: Kafka + Faust online, Parquet offline, one aggregation kernel.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    common = common_parser()
-    stream.cli.add_commands(sub, common)
-    sinks.cli.add_commands(sub, common)
-    produce.add_command(sub, common)
-    preview_cmd.add_command(sub, common)
-    describe_cmd.add_command(sub, common)
-    drift_cmd.add_command(sub, common)
-    verify.add_command(sub, common)
-    plan_cmd.add_command(sub, common)
+    shared = options.add  # each command adds the shared options it uses, declared once in options.SHARED
+    stream.cli.add_commands(sub, shared)
+    sinks.cli.add_commands(sub, shared)
+    for command in (produce, preview_cmd, describe_cmd, drift_cmd, verify_cmd, plan_cmd):
+        command.add_command(sub, shared)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = ["featurestream", *(sys.argv[1:] if argv is None else argv)]  # for manifests
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         # Kafka TLS/SASL, checked once; commands hand its plain results to stream/ and sinks/.
         args.kafka = KafkaSecurity.from_args(args)
+        storage.configure(endpoint=getattr(args, "s3_endpoint", None), region=getattr(args, "s3_region", None))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130

@@ -20,10 +20,9 @@ from .stats_table import format_statistics, headline
 FILE_SUFFIXES = (".parquet", ".csv")
 
 
-def add_command(subparsers, common) -> None:
+def add_command(subparsers, shared) -> None:
     p = subparsers.add_parser(
         "describe",
-        parents=[common],
         help="per-feature statistics of a feature set's dataset or of a Parquet/CSV file",
         description="Print count, nulls, mean, std, min, quantiles, max and a histogram per feature: of a feature "
         "set's stored events (written by `featurestream compact`, or now with --refresh), or of a file.",
@@ -31,6 +30,7 @@ def add_command(subparsers, common) -> None:
         "          featurestream describe transactions --refresh --json\n"
         "          featurestream describe train.parquet",
     )
+    shared(p, "definitions", "data_dir")
     p.add_argument("target", metavar="SET|FILE", help="feature set name, or a .parquet/.csv file")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     p.add_argument(

@@ -26,16 +26,14 @@ from aggregations.loading import load_registry
 from stream.auth import client_headers, resolve_token
 
 from .describe_cmd import load_file
+from .options import DEFAULT_URL
 
-DEFAULT_URL = "http://127.0.0.1:6066"
 
-
-def add_command(subparsers, common) -> None:
+def add_command(subparsers, shared) -> None:
     import argparse
 
     p = subparsers.add_parser(
         "drift",
-        parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="compare served features with a training reference (PSI, Hellinger); exit 1 on drift",
         description=(
@@ -52,16 +50,12 @@ def add_command(subparsers, common) -> None:
             "  featurestream drift --vector fraud --reference train.parquet --every 60 --metrics-port 9108"
         ),
     )
+    shared(p, "definitions", "urls", "auth")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--vector", help="feature vector to monitor (served by POST /vectors/NAME)")
     what.add_argument("--feature-set", help="feature set to monitor (served by GET /features/NAME/...)")
     p.add_argument("--reference", required=True, help="training reference: Parquet or CSV with the features")
     p.add_argument("--current", help="compare this Parquet/CSV file instead of the workers' served sample")
-    p.add_argument(
-        "--url",
-        action="append",
-        help=f"worker base URL, repeatable: their samples are pooled (env FEATURESTREAM_URL; default {DEFAULT_URL})",
-    )
     p.add_argument("--features", help="comma-separated features to compare (default: all of the vector/set)")
     p.add_argument("--bins", type=int, default=DEFAULT_BINS, help=f"quantile bins (default {DEFAULT_BINS})")
     p.add_argument("--psi-threshold", type=float, default=PSI_THRESHOLD, help=f"default {PSI_THRESHOLD}")

@@ -10,7 +10,8 @@ command line). One ``KafkaSecurity`` becomes:
 * ``faust_credentials()``: the worker's Faust ``broker_credentials`` (``faust.SASLCredentials`` or
   ``faust.SSLCredentials`` with an ``ssl.SSLContext``), or None for PLAINTEXT.
 
-``stream/`` and ``sinks/`` never import this module: the CLI passes them the results.
+The options themselves are declared in ``featurestream.options``. ``stream/`` and ``sinks/`` never import
+this module: the CLI passes them the results.
 """
 
 from __future__ import annotations
@@ -24,39 +25,6 @@ PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 USERNAME_ENV = "FEATURESTREAM_KAFKA_SASL_USERNAME"
 PASSWORD_ENV = "FEATURESTREAM_KAFKA_SASL_PASSWORD"
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get(f"FEATURESTREAM_{name}") or None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The Kafka security options (each with a FEATURESTREAM_* env default)."""
-    group = parser.add_argument_group("Kafka security (TLS/SASL)")
-    group.add_argument(
-        "--kafka-security-protocol",
-        type=str.upper,
-        default=_env("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT",
-        metavar="PROTOCOL",
-        help=f"{', '.join(PROTOCOLS)} (env FEATURESTREAM_KAFKA_SECURITY_PROTOCOL; default PLAINTEXT)",
-    )
-    group.add_argument(
-        "--kafka-sasl-mechanism",
-        type=str.upper,
-        default=_env("KAFKA_SASL_MECHANISM") or "PLAIN",
-        metavar="MECHANISM",
-        help=f"{', '.join(MECHANISMS)} (env FEATURESTREAM_KAFKA_SASL_MECHANISM; default PLAIN); user name and "
-        f"password from env {USERNAME_ENV} and {PASSWORD_ENV}",
-    )
-    for kind, what in (("cafile", "CA bundle (PEM) to verify the brokers"),
-                       ("certfile", "client certificate (PEM), for mutual TLS"),
-                       ("keyfile", "client private key (PEM), for mutual TLS")):  # fmt: skip
-        group.add_argument(
-            f"--kafka-ssl-{kind}",
-            default=_env(f"KAFKA_SSL_{kind.upper()}"),
-            metavar="PATH",
-            help=f"{what} (env FEATURESTREAM_KAFKA_SSL_{kind.upper()})",
-        )
 
 
 @dataclass(frozen=True)

@@ -10,21 +10,15 @@ from __future__ import annotations
 import json
 import sys
 
-from .config import env
 
-
-def add_command(subparsers, common) -> None:
+def add_command(subparsers, shared) -> None:
     p = subparsers.add_parser(
         "plan",
-        parents=[common],
         help="show what deploying the definitions does to online state (before starting workers)",
         description=__doc__.split("\n\n")[1],
         epilog="example: featurestream plan --definitions features.py --broker kafka:9092 --app-id fraud",
     )
-    p.add_argument(
-        "--app-id", default=env("APP_ID", "featurestream"), help="the workers' app id (default featurestream)"
-    )
-    p.add_argument("--topic-prefix", default=env("TOPIC_PREFIX", ""), help="prefix of source topic names")
+    shared(p, "definitions", "broker", "app_id", "topic_prefix", "kafka")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--check", action="store_true", help="exit 1 when a set needs action before workers start")
     p.set_defaults(func=run)
@@ -42,12 +36,21 @@ def run(args) -> int:
     servers = bootstrap_servers(args.broker)
     from aggregations.retry import Retrying, retrying
 
+    security = args.kafka.client_config() if getattr(args, "kafka", None) else {}
     where = f"connecting to Kafka at {args.broker}"
     try:
-        admin = Retrying(retrying(lambda: KafkaAdminClient(bootstrap_servers=servers, client_id="featurestream-plan"), where, deadline_s=20))
+        admin = Retrying(
+            retrying(
+                lambda: KafkaAdminClient(bootstrap_servers=servers, client_id="featurestream-plan", **security),
+                where,
+                deadline_s=20,
+            )
+        )
         consumer = Retrying(
             retrying(
-                lambda: KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, client_id="featurestream-plan"),
+                lambda: KafkaConsumer(
+                    bootstrap_servers=servers, enable_auto_commit=False, client_id="featurestream-plan", **security
+                ),
                 where,
                 deadline_s=20,
             )

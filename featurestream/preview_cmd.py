@@ -13,13 +13,13 @@ from aggregations.stats import describe_frame
 from .stats_table import format_statistics, headline
 
 
-def add_command(subparsers, common) -> None:
+def add_command(subparsers, shared) -> None:
     p = subparsers.add_parser(
         "preview",
-        parents=[common],
         help="compute features of a CSV/Parquet events file in memory",
         epilog="example: featurestream preview events.csv --feature-set transactions --rows 20",
     )
+    shared(p, "definitions")
     p.add_argument("file", help="CSV or Parquet file of events")
     p.add_argument("--feature-set", default="transactions")
     p.add_argument("--rows", type=int, default=20, help="rows to print (default 20)")

@@ -12,14 +12,14 @@ from aggregations.loading import load_registry
 from .samples import sample_events
 
 
-def add_command(subparsers, common) -> None:
+def add_command(subparsers, shared) -> None:
     p = subparsers.add_parser(
         "produce",
-        parents=[common],
         help="write deterministic sample events to Kafka",
         description="Write N deterministic sample events of the example schema to the feature set's topic.",
         epilog="example: featurestream produce --count 10000 --users 500",
     )
+    shared(p, "definitions", "broker", "topic_prefix", "kafka")
     p.add_argument(
         "--feature-set", default="transactions", help="feature set whose source topic gets the events"
     )
@@ -38,13 +38,14 @@ def run(args) -> int:
     key = fs.entity_names[0]
     security = args.kafka.client_config() if getattr(args, "kafka", None) else {}
     producer = KafkaProducer(bootstrap_servers=args.broker.split(","), linger_ms=20, acks="all", **security)
+    topic = f"{args.topic_prefix}{fs.source}"
     for row in events.to_dict("records"):
         payload = {"user_id": row["user_id"], "ts": int(row["ts"]), "amount": float(row["amount"])}
-        producer.send(fs.source, key=str(row[key]).encode(), value=json.dumps(payload).encode())
+        producer.send(topic, key=str(row[key]).encode(), value=json.dumps(payload).encode())
     producer.flush(timeout=60)
     producer.close()
     print(
-        f"produced {len(events)} events for {events[key].nunique()} users to topic {fs.source!r}",
+        f"produced {len(events)} events for {events[key].nunique()} users to topic {topic!r}",
         file=sys.stderr,
     )
     return 0

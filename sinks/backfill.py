@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -32,10 +31,8 @@ import numpy as np
 from aggregations import FeatureSet
 from aggregations.retry import Retrying, retrying
 
-from .layout import temp_path
 from .parquet_sink import ParquetSink, _Buffer, default_group
-from .snapshot import fsync_dir
-from .writer import claim_source, remove_temps, written_offsets
+from .writer import claim_source, remove_temps, write_text_atomic, written_offsets
 
 log = logging.getLogger(__name__)
 
@@ -267,12 +264,6 @@ def _load_progress(root: Path) -> dict | None:
 
 def _save_progress(root: Path, spec: dict, position: dict[int, int], stop: dict[int, int]) -> None:
     """Next offset to replay of every partition (done ones at their stop), atomically and durably."""
-    path = root / PROGRESS_FILE
     nxt = {str(p): int(position.get(p, o)) for p, o in stop.items()}
-    tmp = temp_path(path)
-    with open(tmp, "w") as handle:
-        json.dump({"spec": spec, "next": nxt, "stop": {str(p): int(o) for p, o in stop.items()}}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(root)
+    progress = {"spec": spec, "next": nxt, "stop": {str(p): int(o) for p, o in stop.items()}}
+    write_text_atomic(root / PROGRESS_FILE, json.dumps(progress))

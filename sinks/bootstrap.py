@@ -84,6 +84,7 @@ def bootstrap(
     partitions: int | None = None,
     progress: bool = True,
     client_config: dict | None = None,
+    spark=None,
 ) -> BootstrapStats:
     """Rebuild ``fs``'s online state from ``store`` and produce it to its changelog (see the module docstring).
 
@@ -141,7 +142,13 @@ def bootstrap(
     )  # fmt: skip
     errors: list[BaseException] = []
     try:
-        for part in rebuild_states(fs, store, now, n_source, partitions=partitions):
+        if spark is not None:
+            from .spark_engine import bootstrap_partitions
+
+            parts = bootstrap_partitions(fs, store, now, partitions, spark, n_source)
+        else:
+            parts = rebuild_states(fs, store, now, n_source, partitions=partitions)
+        for part in parts:
             for state in part.states:
                 future = producer.send(changelog, key=state.key, value=state.value, partition=state.partition)
                 future.add_errback(errors.append)

@@ -12,7 +12,9 @@ name and fsync it, check that it holds exactly the inputs' ``(_partition, _offse
 writing the journal (atomic rename), apply (rename output, delete inputs, delete journal) under the
 exclusive snapshot lock. Killed anywhere, the dataset shows every event exactly once: before the
 journal exists the staged output is invisible; after, readers apply the journal and the next
-maintenance run finishes it.
+maintenance run finishes it. On an object store the staged output is one upload, the journal one PUT
+per bin, and the replaced inputs are deleted after the grace period (see ``snapshot``); files named by
+a transaction still in its grace period are left out of planning.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ from .snapshot import (
     STAGED_PREFIX,
     apply_journal,
     fsync_dir,
+    involved,
     live_parts,
     maintenance,
     rewriting,
     write_journal,
 )
+from .storage import Location, arrow_files, is_local, parquet_bytes, read_parquet
 from .writer import COMPRESSION
 
 DEFAULT_TARGET_BYTES = 64 << 20
@@ -91,7 +95,7 @@ def _sort_keys(fs: FeatureSet) -> list[tuple[str, str]]:
 
 def compact(
     fs: FeatureSet,
-    store: str | Path,
+    store: str | Path | Location,
     *,
     target_bytes: int = DEFAULT_TARGET_BYTES,
     min_files: int = 2,
@@ -112,7 +116,11 @@ def compact(
         return stats
     schema = arrow_schema(fs)
     with maintenance(root):  # also rolls forward / cleans up after a killed run
-        bins = plan(live_parts(root), target_bytes, min_files)
+        parts = live_parts(root)
+        if not is_local(root):  # files of a transaction in its grace period wait for it to retire
+            busy = involved(root)
+            parts = [p for p in parts if p.path.relative_to(root).as_posix() not in busy]
+        bins = plan(parts, target_bytes, min_files)
         bar = None
         if progress and bins:
             from tqdm import tqdm
@@ -128,8 +136,9 @@ def compact(
     return stats
 
 
-def _compact_bin(root: Path, schema: pa.Schema, sort_keys, inputs: list[PartFile], stats, step) -> None:
-    table = ds.dataset([str(p.path) for p in inputs], format="parquet", schema=schema).to_table()
+def _compact_bin(root: Location, schema: pa.Schema, sort_keys, inputs: list[PartFile], stats, step) -> None:
+    filesystem, paths = arrow_files([p.path for p in inputs])
+    table = ds.dataset(paths, format="parquet", schema=schema, filesystem=filesystem).to_table()
     table = table.sort_by(sort_keys)
     offsets = table.column("_offset").to_numpy()
     partitions = np.unique(table.column("_partition").to_numpy())
@@ -141,13 +150,16 @@ def _compact_bin(root: Path, schema: pa.Schema, sort_keys, inputs: list[PartFile
     final = day_dir / part_name(int(partitions[0]), int(offsets.min()), int(offsets.max()))
     tx = uuid.uuid4().hex[:16]
     staged = day_dir / f"{STAGED_PREFIX}{tx}-{final.name}"
-    with open(staged, "wb") as handle:
-        pq.write_table(table, handle, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
-        handle.flush()
-        os.fsync(handle.fileno())
-    fsync_dir(day_dir)
+    if is_local(root):
+        with open(staged, "wb") as handle:
+            pq.write_table(table, handle, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_dir(day_dir)
+    else:
+        staged.write_bytes(parquet_bytes(table, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS))
     step("staged")
-    check = pq.read_table(staged, columns=["_offset"]).column(0).to_numpy()
+    check = read_parquet(staged, columns=["_offset"]).column(0).to_numpy()
     if not np.array_equal(np.sort(check), np.sort(offsets)):
         staged.unlink()
         raise RuntimeError(f"compacted file {staged} does not read back the inputs' offsets")

@@ -12,7 +12,7 @@ file, so that P partitions cost one decode of the Parquet files rather than P.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from aggregations.schema import entity_keys
 from .layout import DAY_MS, dataset_dir
 from .records import META_COLUMNS, TIMESTAMP, arrow_schema, table_to_frame
 from .snapshot import live_parts, reading
+from .storage import arrow_files
 
 BATCH_ROWS = 1 << 20
 
@@ -95,14 +96,26 @@ def data_files(fs: FeatureSet, store: str | Path, start_ms: int | None = None, e
 
 
 def count_events(
-    fs: FeatureSet, store: str | Path, start_ms: int | None = None, end_ms: int | None = None
+    fs: FeatureSet,
+    store: str | Path,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    offsets_upto: Mapping[int, int] | None = None,
 ) -> int:
-    """Number of stored events in the files that can hold the time range (from Parquet footers; an upper bound)."""
+    """Number of stored events in the files that can hold the time range (from Parquet footers; an upper bound).
+
+    With ``offsets_upto`` (a snapshot: Kafka partition -> highest offset), the exact number of events of
+    the whole dataset within that snapshot (the time range is then ignored).
+    """
     with reading(dataset_dir(store, fs.name)):
-        files = data_files(fs, store, start_ms, end_ms)
+        files = data_files(fs, store) if offsets_upto is not None else data_files(fs, store, start_ms, end_ms)
         if not files:
             return 0
-        return ds.dataset([str(f.path) for f in files], format="parquet").count_rows()
+        filesystem, paths = arrow_files([f.path for f in files])
+        dataset = ds.dataset(paths, format="parquet", filesystem=filesystem)
+        if offsets_upto is None:
+            return dataset.count_rows()
+        return dataset.count_rows(filter=_offsets_filter(offsets_upto))
 
 
 def _single_string_entity(fs: FeatureSet) -> str | None:
@@ -121,7 +134,7 @@ def _scan_schema(fs: FeatureSet) -> pa.Schema:
     return schema
 
 
-def _batch_partitions(fs: FeatureSet, batch: pa.RecordBatch, partitions: int) -> np.ndarray:
+def batch_partitions(fs: FeatureSet, batch: pa.RecordBatch, partitions: int) -> np.ndarray:
     entity = _single_string_entity(fs)
     if entity is not None:
         column = batch.column(entity)
@@ -133,8 +146,19 @@ def _batch_partitions(fs: FeatureSet, batch: pa.RecordBatch, partitions: int) ->
     return entity_partitions(keys, partitions)
 
 
-def _filter(fs: FeatureSet, start_ms, end_ms, arrival_until_ms):
-    expr = None
+def _offsets_filter(offsets_upto: Mapping[int, int]):
+    """Rows of a snapshot: in one of its Kafka partitions, at or below that partition's highest offset."""
+    expr = ds.field("_partition") < pa.scalar(0, type=pa.int32())  # an empty snapshot holds nothing
+    for partition, last in sorted(offsets_upto.items()):
+        part = (ds.field("_partition") == pa.scalar(int(partition), type=pa.int32())) & (
+            ds.field("_offset") <= pa.scalar(int(last), type=pa.int64())
+        )
+        expr = expr | part
+    return expr
+
+
+def _filter(fs: FeatureSet, start_ms, end_ms, arrival_until_ms, offsets_upto=None):
+    expr = None if offsets_upto is None else _offsets_filter(offsets_upto)
     ts = ds.field(fs.timestamp_key)
     for cond in (
         None if start_ms is None else ts >= pa.scalar(int(start_ms), type=TIMESTAMP),
@@ -148,39 +172,55 @@ def _filter(fs: FeatureSet, start_ms, end_ms, arrival_until_ms):
     return expr
 
 
-def _scan(fs: FeatureSet, store, columns, start_ms, end_ms, arrival_until_ms, with_entities: bool):
-    """(output schema, iterator of record batches) over the files that can hold the time range.
-
-    Batches carry the requested columns (+ the entity columns if ``with_entities``), entity columns
-    dictionary-encoded; ``_plain(batch.select(...), schema)`` gives the output form.
-    """
+def scan_columns(fs: FeatureSet, columns, with_entities: bool) -> tuple[pa.Schema, list[str]]:
+    """(output schema, columns to read) of a scan: the requested columns (+ the entity columns)."""
     wanted_columns = _columns(fs, columns)
     schema = arrow_schema(fs)
     out_schema = pa.schema([schema.field(c) for c in wanted_columns])
     read_columns = list(wanted_columns)
     if with_entities:
         read_columns += [e for e in fs.entity_names if e not in read_columns]
-    return out_schema, _batches(fs, store, read_columns, start_ms, end_ms, arrival_until_ms)
+    return out_schema, read_columns
 
 
-def _batches(fs: FeatureSet, store, read_columns, start_ms, end_ms, arrival_until_ms):
+def _scan(
+    fs: FeatureSet, store, columns, start_ms, end_ms, arrival_until_ms, with_entities: bool, offsets_upto=None
+):
+    """(output schema, iterator of record batches) over the files that can hold the time range.
+
+    Batches carry the requested columns (+ the entity columns if ``with_entities``), entity columns
+    dictionary-encoded; ``plain(batch.select(...), schema)`` gives the output form.
+    """
+    out_schema, read_columns = scan_columns(fs, columns, with_entities)
+    return out_schema, _batches(fs, store, read_columns, start_ms, end_ms, arrival_until_ms, offsets_upto)
+
+
+def _batches(fs: FeatureSet, store, read_columns, start_ms, end_ms, arrival_until_ms, offsets_upto=None):
     """Non-empty record batches of one consistent snapshot (the snapshot lock is held until exhausted)."""
     with reading(dataset_dir(store, fs.name)):
         files = data_files(fs, store, start_ms, end_ms)
-        if not files:
-            return
-        fmt = ds.ParquetFileFormat(
-            read_options=ds.ParquetReadOptions(dictionary_columns=set(fs.entity_names))
+        yield from scan_files(
+            fs, [f.path for f in files], read_columns, start_ms, end_ms, arrival_until_ms, offsets_upto
         )
-        dataset = ds.dataset([str(f.path) for f in files], format=fmt, schema=_scan_schema(fs))
-        scanner = dataset.scanner(
-            columns=read_columns,
-            filter=_filter(fs, start_ms, end_ms, arrival_until_ms),
-            batch_size=BATCH_ROWS,
-        )
-        for batch in scanner.to_batches():
-            if batch.num_rows:
-                yield batch
+
+
+def scan_files(fs: FeatureSet, paths: list, read_columns, start_ms, end_ms, arrival_until_ms, offsets_upto=None):
+    """Non-empty record batches of the given data files: rows of the time range, arrival bound and snapshot,
+    entity columns dictionary-encoded (each distinct key hashed once). Runs wherever the files are reachable:
+    in this process, or in a Spark task."""
+    if not paths:
+        return
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(fs.entity_names)))
+    filesystem, where = arrow_files(list(paths))
+    dataset = ds.dataset(where, format=fmt, schema=_scan_schema(fs), filesystem=filesystem)
+    scanner = dataset.scanner(
+        columns=read_columns,
+        filter=_filter(fs, start_ms, end_ms, arrival_until_ms, offsets_upto),
+        batch_size=BATCH_ROWS,
+    )
+    for batch in scanner.to_batches():
+        if batch.num_rows:
+            yield batch
 
 
 def read_table(
@@ -193,6 +233,7 @@ def read_table(
     arrival_until_ms: int | None = None,
     partitions: int = 1,
     only: Collection[int] | int | None = None,
+    offsets_upto: Mapping[int, int] | None = None,
 ) -> pa.Table:
     """Stored events as an Arrow table (see ``read_events``); entity columns come back as plain strings."""
     selected = None
@@ -201,15 +242,17 @@ def read_table(
         if partitions < 1 or ((selected < 0) | (selected >= partitions)).any():
             raise ValueError(f"partitions to read {selected.tolist()} are not all in 0..{partitions - 1}")
     filtering = selected is not None and partitions > 1
-    out_schema, batches = _scan(fs, store, columns, start_ms, end_ms, arrival_until_ms, filtering)
+    out_schema, batches = _scan(
+        fs, store, columns, start_ms, end_ms, arrival_until_ms, filtering, offsets_upto
+    )
     pieces = []
     for batch in batches:
         if filtering:
-            keep = np.isin(_batch_partitions(fs, batch, partitions), selected)
+            keep = np.isin(batch_partitions(fs, batch, partitions), selected)
             if not keep.any():
                 continue
             batch = batch.filter(pa.array(keep))
-        pieces.append(_plain(batch.select(out_schema.names), out_schema))
+        pieces.append(plain(batch.select(out_schema.names), out_schema))
     return pa.Table.from_batches(pieces, schema=out_schema)
 
 
@@ -218,7 +261,8 @@ class PartitionedEvents:
 
     Reading each partition with ``read_events(only=p)`` decodes every file once per partition; this
     decodes them once in all, writes each partition's rows to ``<tmp>/p<p>.arrow`` and maps them back
-    one at a time (``frame(p)``). Memory holds one batch while splitting, then one partition. Use as a
+    one at a time (``frame(p)``). ``offsets_upto`` (Kafka partition -> highest offset) reads a snapshot:
+    only events at or below those offsets (a versioned training set's data, reproducible later). Memory holds one batch while splitting, then one partition. Use as a
     context manager: the spill directory is removed on exit.
     """
 
@@ -234,6 +278,7 @@ class PartitionedEvents:
         end_ms: int | None = None,
         arrival_until_ms: int | None = None,
         spill_dir: str | Path | None = None,
+        offsets_upto: Mapping[int, int] | None = None,
     ):
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
@@ -244,19 +289,21 @@ class PartitionedEvents:
         self.rows = np.zeros(partitions, dtype=np.int64)
         wanted = np.zeros(partitions, dtype=bool)
         wanted[list(range(partitions)) if needed is None else list(needed)] = True
-        self.schema, batches = _scan(fs, store, columns, start_ms, end_ms, arrival_until_ms, partitions > 1)
+        self.schema, batches = _scan(
+            fs, store, columns, start_ms, end_ms, arrival_until_ms, partitions > 1, offsets_upto
+        )
         writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
         try:
             for batch in batches:
                 part = (
-                    _batch_partitions(fs, batch, partitions)
+                    batch_partitions(fs, batch, partitions)
                     if partitions > 1
                     else np.zeros(batch.num_rows, dtype=np.int64)
                 )
                 small = part.astype(np.uint16) if partitions <= 65_536 else part
                 order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys: O(n)
                 part = part[order]
-                batch = _plain(batch.select(self.schema.names), self.schema).take(pa.array(order))
+                batch = plain(batch.select(self.schema.names), self.schema).take(pa.array(order))
                 bounds = np.searchsorted(part, np.arange(partitions + 1))
                 for p in np.flatnonzero(wanted & (bounds[1:] > bounds[:-1])).tolist():
                     if p not in writers:
@@ -306,12 +353,14 @@ def read_events(
     arrival_until_ms: int | None = None,
     partitions: int = 1,
     only: Collection[int] | int | None = None,
+    offsets_upto: Mapping[int, int] | None = None,
 ) -> pd.DataFrame:
     """Stored events of ``fs`` under ``store`` as a DataFrame, event time and ``_arrival`` as int64 epoch ms.
 
     ``columns``: schema columns to return (default all); ``_partition``, ``_offset`` and ``_arrival``
     are always included. Rows are restricted to ``start_ms <= ts < end_ms``, ``_arrival <=
-    arrival_until_ms`` and, with ``only``, to the given entity-hash partitions out of ``partitions``.
+    arrival_until_ms`` and, with ``only``, to the given entity-hash partitions out of ``partitions``;
+    with ``offsets_upto`` (Kafka partition -> highest offset) to that snapshot of the dataset.
     Temporary and unrecognised files are ignored. Row order is unspecified.
     """
     table = read_table(
@@ -323,6 +372,7 @@ def read_events(
         arrival_until_ms=arrival_until_ms,
         partitions=partitions,
         only=only,
+        offsets_upto=offsets_upto,
     )
     return table_to_frame(fs, table)
 
@@ -338,7 +388,7 @@ def _columns(fs: FeatureSet, columns: Collection[str] | None) -> list[str]:
     return wanted + list(META_COLUMNS)
 
 
-def _plain(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+def plain(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """Dictionary-encoded columns back to their stored type."""
     arrays = [
         pc.cast(col, schema.field(i).type) if pa.types.is_dictionary(col.type) else col

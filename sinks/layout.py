@@ -23,6 +23,8 @@ from pathlib import Path
 
 from aggregations.definitions import check_name
 
+from .storage import Location, StorePath, open_location
+
 DAY_MS = 86_400_000
 TEMP_PREFIX = ".tmp-"
 SOURCE_FILE = "_source.json"  # which topic the dataset's partitions and offsets refer to
@@ -39,12 +41,12 @@ class PartFile:
     partition: int
     first: int
     last: int
-    path: Path
+    path: Location
 
 
-def dataset_dir(data_dir: str | Path, feature_set: str) -> Path:
-    """The dataset root of a feature set (the name is checked: it becomes a directory)."""
-    return Path(data_dir) / check_name("feature set", feature_set)
+def dataset_dir(data_dir: str | Path | StorePath, feature_set: str) -> Location:
+    """The dataset root of a feature set under a local directory or an ``s3://`` URI (the name is checked)."""
+    return open_location(data_dir) / check_name("feature set", feature_set)
 
 
 def day_of(ts_ms: int) -> int:
@@ -58,7 +60,7 @@ def date_label(day: int) -> str:
     return (_EPOCH + _dt.timedelta(days=day)).isoformat()
 
 
-def date_dir(root: Path, day: int) -> Path:
+def date_dir(root: Location, day: int) -> Location:
     """The ``date=YYYY-MM-DD`` directory of a day under a dataset root."""
     return root / f"date={date_label(day)}"
 
@@ -73,12 +75,12 @@ def part_name(partition: int, first: int, last: int) -> str:
     return f"part-p{partition}-o{first}-{last}.parquet"
 
 
-def source_path(root: Path) -> Path:
+def source_path(root: Location) -> Location:
     """The file naming the Kafka topic whose offsets the dataset's file names and ``_offset`` refer to."""
     return root / SOURCE_FILE
 
 
-def temp_path(final: Path) -> Path:
+def temp_path(final: Location) -> Location:
     """A unique temporary name next to ``final``; hidden from readers by its leading dot."""
     return final.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{final.name}")
 
@@ -104,34 +106,40 @@ def parse_part(filename: str) -> tuple[int, int, int] | None:
     return (partition, first, last) if first <= last else None
 
 
-def list_parts(root: Path, partition: int | None = None) -> list[PartFile]:
-    """Data files under a dataset root (optionally of one Kafka partition), sorted; other files are ignored."""
-    out = []
+def day_files(root: Location):
+    """(day, file) of every file in a ``date=`` directory of the dataset (one listing on an object store)."""
+    if isinstance(root, StorePath):
+        for file in root.walk_files():
+            parts = file.relative_to(root).parts
+            if len(parts) == 2 and (day := parse_day(parts[0])) is not None:
+                yield day, file
+        return
     if not root.is_dir():
-        return out
+        return
     for day_dir in root.iterdir():
         day = parse_day(day_dir.name)
         if day is None or not day_dir.is_dir():
             continue
         for file in day_dir.iterdir():
-            parsed = parse_part(file.name)
-            if parsed is None or (partition is not None and parsed[0] != partition):
-                continue
-            out.append(PartFile(day, *parsed, file))
+            yield day, file
+
+
+def list_parts(root: Location, partition: int | None = None) -> list[PartFile]:
+    """Data files under a dataset root (optionally of one Kafka partition), sorted; other files are ignored."""
+    out = []
+    for day, file in day_files(root):
+        parsed = parse_part(file.name)
+        if parsed is None or (partition is not None and parsed[0] != partition):
+            continue
+        out.append(PartFile(day, *parsed, file))
     return sorted(out)
 
 
-def list_temps(root: Path, partition: int | None = None) -> list[Path]:
+def list_temps(root: Location, partition: int | None = None) -> list[Location]:
     """Leftover temporary files (from a writer that died before renaming), optionally of one partition."""
     out = []
-    if not root.is_dir():
-        return out
-    for day_dir in root.iterdir():
-        if parse_day(day_dir.name) is None or not day_dir.is_dir():
-            continue
-        for file in day_dir.iterdir():
-            if not file.name.startswith(TEMP_PREFIX):
-                continue
+    for _day, file in day_files(root):
+        if file.name.startswith(TEMP_PREFIX):
             parsed = parse_part(file.name[len(TEMP_PREFIX) + 33 :])  # skip the uuid and its dash
             if parsed is not None and (partition is None or parsed[0] == partition):
                 out.append(file)

@@ -33,6 +33,7 @@ from .dataset import PartitionedEvents, count_events, entity_partitions
 from .known_at import known_at
 from .parallel import portable, run_partitions
 from .records import table_to_frame
+from .storage import open_location
 from .writer import write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class _SetTask:
     partitions: int
     start_ms: int
     end_ms: int
+    offsets_upto: Mapping[int, int] | None = None  # a data snapshot: Kafka partition -> highest offset
 
 
 def tie_rank(events: pd.DataFrame) -> np.ndarray:
@@ -79,7 +81,14 @@ def get_offline_features(
     as_known_at: bool = False,
     progress: bool = False,
     workers: int = 1,
-) -> pd.DataFrame:
+    name: str | None = None,
+    return_manifest: bool = False,
+    snapshot: Mapping[str, Mapping[int, int]] | None = None,
+    rows_source: str = "DataFrame",
+    engine: str = "local",
+    spark=None,
+    spark_master: str | None = None,
+):
     """The vector's features at each row's (entities, timestamp), point-in-time correct, across feature sets.
 
     ``rows`` holds every entity column the vector's sets need and ``timestamp_column`` (datetimes, ISO
@@ -90,7 +99,29 @@ def get_offline_features(
     partitions (default: from the data size). ``as_known_at``: use only events that had arrived by
     each row's t. ``out``: also write the result to this Parquet file. ``progress``: a tqdm bar.
     ``workers``: partitions computed in parallel by that many worker processes (default 1: in process).
+
+    Versioned training sets: ``name`` also writes the result as a new version under
+    ``<store>/datasets/<name>/v<N>/`` with a manifest (``sinks.training_sets``); ``return_manifest``
+    returns ``(frame, manifest)``. Either reads a snapshot of the data taken first (the files, and the
+    highest Kafka offset per partition of each set), so the manifest names exactly the data used.
+    ``snapshot`` (set -> {partition: highest offset}) reads that snapshot instead of the current data.
+
+    ``engine="spark"`` computes the partitions as Spark tasks (``sinks.spark_engine``): on ``spark`` (a
+    SparkSession), else on the active session or a new one on ``spark_master`` (default local[*]). Same
+    kernel, same partitioning, same result; ``partitions`` then defaults to ~1M events each and at least
+    two per core, and ``workers`` is ignored.
     """
+    if engine not in ("local", "spark"):
+        raise ValueError(f"engine must be 'local' or 'spark', got {engine!r}")
+    if name is not None or return_manifest:
+        from .training_sets import versioned_training_set
+
+        return versioned_training_set(
+            vector, rows, store, name=name, return_manifest=return_manifest, registry=registry,
+            timestamp_column=timestamp_column, partitions=partitions, out=out, as_known_at=as_known_at,
+            progress=progress, workers=workers, snapshot=snapshot, rows_source=rows_source, engine=engine,
+            spark=spark, spark_master=spark_master,
+        )  # fmt: skip
     sets, vector = _resolve(vector, registry)
     by_set = vector.resolve(sets)
     order = _vector_order(vector, sets)
@@ -107,16 +138,24 @@ def get_offline_features(
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if engine == "spark":
+        from .spark_engine import spark_session
+
+        spark = spark or spark_session(spark_master)
     tasks = [
-        _plan(sets[name], names, rows, query_ts, store, partitions, workers) for name, names in by_set.items()
+        _plan(sets[set_name], names, rows, query_ts, store, partitions, workers, spark)
+        for set_name, names in by_set.items()
     ]
+    if snapshot is not None:
+        for task in tasks:
+            task.offsets_upto = _snapshot_of(snapshot, task.fs.name)
     bar = _progress(sum(t.partitions for t in tasks), progress)
     computed: dict[tuple[str, str], pd.Series] = {}
     try:
         for task in tasks:
-            frame = _compute_set(task, rows, query_ts, store, as_known_at, bar, workers)
-            for name in task.requested:
-                computed[(task.fs.name, name)] = frame[name]
+            frame = _compute_set(task, rows, query_ts, store, as_known_at, bar, workers, spark)
+            for feature in task.requested:
+                computed[(task.fs.name, feature)] = frame[feature]
     finally:
         bar.close()
 
@@ -127,7 +166,7 @@ def get_offline_features(
         column = f"{set_name}.{feature}" if clash else feature
         result[column] = computed[(set_name, feature)].to_numpy()
     if out is not None:
-        write_parquet_atomic(pa.Table.from_pandas(result, preserve_index=False), Path(out))
+        write_parquet_atomic(pa.Table.from_pandas(result, preserve_index=False), open_location(out))
     return result
 
 
@@ -155,6 +194,12 @@ def _resolve(vector, registry) -> tuple[dict[str, FeatureSet], FeatureVector]:
     return sets, vector
 
 
+def _snapshot_of(snapshot: Mapping[str, Mapping[int, int]], set_name: str) -> dict[int, int]:
+    if set_name not in snapshot:
+        raise KeyError(f"the data snapshot has no offsets of feature set {set_name!r}")
+    return {int(p): int(o) for p, o in snapshot[set_name].items()}
+
+
 def _vector_order(vector: FeatureVector, sets: Mapping[str, FeatureSet]) -> list[tuple[str, str]]:
     order: list[tuple[str, str]] = []
     for ref in vector.features:
@@ -164,7 +209,7 @@ def _vector_order(vector: FeatureVector, sets: Mapping[str, FeatureSet]) -> list
     return order
 
 
-def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions, workers) -> _SetTask:
+def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions, workers, spark=None) -> _SetTask:
     on_read = {o.name for o in fs.on_read}
     aggregated = [f.name for f in fs.plan.features]
     if not any(name in on_read for name in requested):
@@ -177,8 +222,12 @@ def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions, workers)
         start_ms = end_ms = 0
     if partitions is None:
         events = count_events(fs, store, start_ms, end_ms) if len(rows) else 0
-        # Workers hold a partition each at the same time: smaller partitions keep the total bounded.
-        partitions = max(1, math.ceil(events * workers / TARGET_EVENTS_PER_PARTITION))
+        if spark is not None:
+            from .spark_engine import buckets
+
+            partitions = buckets(spark, events)
+        else:  # workers hold a partition each at the same time: smaller partitions keep the total bounded
+            partitions = max(1, math.ceil(events * workers / TARGET_EVENTS_PER_PARTITION))
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
     return _SetTask(
@@ -199,36 +248,49 @@ def _needed_columns(fs: FeatureSet) -> list[str] | None:
     return list(dict.fromkeys([*fs.entity_names, fs.timestamp_key, *fs.plan.fields_by_column]))
 
 
-def _compute_set(task: _SetTask, rows, query_ts, store, as_known_at: bool, bar, workers: int) -> pd.DataFrame:
+def _compute_set(
+    task: _SetTask, rows, query_ts, store, as_known_at: bool, bar, workers: int, spark=None
+) -> pd.DataFrame:
     fs, n = task.fs, len(rows)
     values: dict[str, np.ndarray] = {}
     needed = np.unique(task.partition_of_row).tolist()
-    with PartitionedEvents(
-        fs,
-        store,
-        partitions=task.partitions,
-        needed=needed,
-        columns=_needed_columns(fs),
-        start_ms=task.start_ms,
-        end_ms=task.end_ms,
-        arrival_until_ms=task.end_ms if as_known_at else None,
-    ) as split:
-        bar.update(task.partitions - len(needed))  # partitions without rows: nothing to do
-        job = _Job(task, split, query_ts, as_known_at)
-        for p, part in _run(job, needed, workers):
-            idx = job.rows_of(p)
-            for name, column in part.items():
-                target = values.get(name)
-                if target is None:
-                    target = values[name] = np.empty(n, dtype=column.dtype)
-                elif target.dtype != column.dtype:
-                    target = values[name] = target.astype(object)
-                target[idx] = column
-            bar.update(1)
+    bar.update(task.partitions - len(needed))  # partitions without rows: nothing to do
+    for idx, part in _partition_results(task, query_ts, store, as_known_at, workers, spark, needed):
+        for name, column in part.items():
+            target = values.get(name)
+            if target is None:
+                target = values[name] = np.empty(n, dtype=column.dtype)
+            elif target.dtype != column.dtype:
+                target = values[name] = target.astype(object)
+            target[idx] = column
+        bar.update(1)
     frame = pd.DataFrame({name: values[name] for name in task.aggregated if name in values}, index=range(n))
     if n == 0:
         frame = pd.DataFrame({name: np.zeros(0) for name in task.aggregated})
     return apply_on_read(fs, rows, frame)
+
+
+def _partition_results(task: _SetTask, query_ts, store, as_known_at, workers, spark, needed):
+    """(row positions, features) of each entity-hash partition that has rows: on Spark, or here."""
+    if spark is not None:
+        from .spark_engine import training_partitions
+
+        yield from training_partitions(task, query_ts, store, as_known_at, spark)
+        return
+    with PartitionedEvents(
+        task.fs,
+        store,
+        partitions=task.partitions,
+        needed=needed,
+        columns=_needed_columns(task.fs),
+        start_ms=task.start_ms,
+        end_ms=task.end_ms,
+        arrival_until_ms=task.end_ms if as_known_at else None,
+        offsets_upto=task.offsets_upto,
+    ) as split:
+        job = _Job(task, split, query_ts, as_known_at)
+        for p, part in _run(job, needed, workers):
+            yield job.rows_of(p), part
 
 
 @dataclass

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from aggregations import EventValidator, FeatureSet
+from aggregations.naming import DEFAULT_APP_ID
 
 from .layout import dataset_dir
 from .writer import claim_source, remove_temps, write_batch, written_offsets
@@ -40,9 +41,9 @@ DEFAULT_FLUSH_SECONDS = 5.0
 RESUBSCRIBE_AFTER_S = 10.0
 
 
-def default_group(fs: FeatureSet) -> str:
-    """The sink's consumer group for a feature set."""
-    return f"featurestream-sink-{fs.name}"
+def default_group(fs: FeatureSet, app_id: str = DEFAULT_APP_ID) -> str:
+    """The sink's consumer group for a feature set in the deployment ``app_id``."""
+    return f"{app_id}-sink-{fs.name}"
 
 
 @dataclass

@@ -10,7 +10,9 @@ A day ``date=D`` is deleted only if every event it can hold is older than both
 
 Each day goes atomically: under the exclusive snapshot lock its directory is renamed to a hidden
 ``.deleting-date=...`` name (readers skip it; the rename is fsynced), then removed. A run killed in
-between leaves only an invisible directory, removed by the next maintenance run. Never deleting
+between leaves only an invisible directory, removed by the next maintenance run. On an object store
+(no rename) a day goes as a transaction without outputs: one journal naming its files hides them at
+once, and they are deleted after the grace period (see ``snapshot``). Never deleting
 the newest data is what keeps the sink's offset accounting safe: the live sink resumes from its
 committed offsets, which belong to recent days.
 """
@@ -19,13 +21,15 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aggregations import FeatureSet
 
-from .layout import DAY_MS, dataset_dir, parse_day
-from .snapshot import DELETING_PREFIX, fsync_dir, maintenance, rewriting
+from .layout import DAY_MS, dataset_dir, day_files, parse_day
+from .snapshot import DELETING_PREFIX, fsync_dir, involved, maintenance, rewriting, write_journal
+from .storage import is_local
 
 
 @dataclass
@@ -61,6 +65,8 @@ def prune(
         return RetentionResult(retention_cutoff(fs, keep_days, now_ms, None))
     with maintenance(root):
         days = sorted((d, entry) for entry in root.iterdir() if (d := parse_day(entry.name)) is not None)
+        if not is_local(root):
+            return _prune_store(root, fs, keep_days, now_ms, dry_run, days)
         newest = days[-1][0] if days else None
         result = RetentionResult(retention_cutoff(fs, keep_days, now_ms, newest))
         for day, entry in days:
@@ -75,4 +81,26 @@ def prune(
                 entry.rename(hidden)
                 fsync_dir(root)
             shutil.rmtree(hidden)
+    return result
+
+
+def _prune_store(root, fs: FeatureSet, keep_days: float, now_ms: int, dry_run: bool, days) -> RetentionResult:
+    """Object stores: each day's files hidden by one journal (a transaction without outputs)."""
+    newest = days[-1][0] if days else None
+    result = RetentionResult(retention_cutoff(fs, keep_days, now_ms, newest))
+    files_of: dict[int, list[str]] = {}
+    pending = involved(root)  # hidden already, by a transaction in its grace period
+    for day, file in day_files(root):
+        rel = file.relative_to(root).as_posix()
+        if rel not in pending:
+            files_of.setdefault(day, []).append(rel)
+    for day, entry in days:
+        if day not in files_of:
+            continue
+        if (day + 1) * DAY_MS > result.cutoff_ms:
+            result.kept += 1
+            continue
+        result.deleted.append(entry.name)
+        if not dry_run:
+            write_journal(root, {"tx": uuid.uuid4().hex[:16], "inputs": sorted(files_of[day]), "outputs": []})
     return result

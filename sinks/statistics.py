@@ -14,7 +14,6 @@ what the features were computed from; statistics of computed features come from 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,9 @@ from aggregations.stats import DEFAULT_SAMPLE_SIZE, StatisticsBuilder
 from .dataset import data_files
 from .layout import dataset_dir
 from .records import arrow_schema
-from .snapshot import fsync_dir, reading
+from .snapshot import reading
+from .storage import arrow_files
+from .writer import write_text_atomic
 
 STATISTICS_FILE = "_statistics.json"
 BATCH_ROWS = 256 * 1024
@@ -44,9 +45,10 @@ def compute_statistics(fs: FeatureSet, store: str | Path, sample_size: int = DEF
     root = dataset_dir(store, fs.name)
     files: list = []
     with reading(root):
-        files = data_files(fs, store) if root.is_dir() else []
+        files = data_files(fs, store)
         if files:
-            dataset = ds.dataset([str(f.path) for f in files], format="parquet", schema=arrow_schema(fs))
+            filesystem, paths = arrow_files([f.path for f in files])
+            dataset = ds.dataset(paths, format="parquet", schema=arrow_schema(fs), filesystem=filesystem)
             for fold in (builder.add, builder.add_histogram):
                 for batch in dataset.to_batches(columns=columns, batch_size=BATCH_ROWS):
                     if batch.num_rows:
@@ -77,14 +79,7 @@ def _declared_kind(dtype: str) -> str:
 def write_statistics(fs: FeatureSet, store: str | Path, statistics: dict[str, Any]) -> Path:
     """Write ``_statistics.json`` atomically (temp file, fsync, rename)."""
     path = statistics_path(fs, store)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "w") as handle:
-        json.dump(statistics, handle, indent=1, allow_nan=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    fsync_dir(path.parent)
+    write_text_atomic(path, json.dumps(statistics, indent=1, allow_nan=False))
     return path
 
 

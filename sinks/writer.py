@@ -6,13 +6,18 @@ temporary name in its final directory, flushed and fsynced, renamed into place w
 crash, and a reader sees either the whole file or nothing. The sink commits Kafka offsets only after
 that, so a crash can leave rows written but not committed, never committed but not written;
 ``written_offsets`` tells a restarted sink exactly which offsets to skip.
+
+On an object store (no rename, no fsync) the same guarantee comes from the PUT itself: each file is
+serialized in memory and uploaded in one go at its final name, which names its (partition, date,
+offset range); the object appears whole when the upload completes, or never (a writer killed mid-upload
+leaves an incomplete multipart upload, which no listing shows). So the commit protocol is "one committed
+object per (partition, date, offset range), Kafka offsets committed after all of a batch's objects".
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,12 +29,17 @@ from aggregations import FeatureSet
 from .layout import DAY_MS, date_dir, list_temps, part_name, source_path, temp_path
 from .records import events_table
 from .snapshot import fsync_dir, live_parts, reading
+from .storage import Location, is_local, parquet_bytes, read_parquet
 
 COMPRESSION = "zstd"
 
 
-def write_parquet_atomic(table: pa.Table, final: Path) -> Path:
-    """Write ``table`` to ``final`` through a temporary file: flush, fsync, rename, fsync the directory."""
+def write_parquet_atomic(table: pa.Table, final: Location) -> Location:
+    """Write ``table`` to ``final`` atomically and durably: locally through a temporary file (flush, fsync,
+    rename, fsync the directory); on an object store as one upload of the whole file."""
+    if not is_local(final):
+        final.write_bytes(parquet_bytes(table, compression=COMPRESSION))
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(final)
     try:
@@ -47,12 +57,12 @@ def write_parquet_atomic(table: pa.Table, final: Path) -> Path:
 
 def write_batch(
     fs: FeatureSet,
-    root: Path,
+    root: Location,
     partition: int,
     frame: pd.DataFrame,
     offsets: np.ndarray,
     arrivals: np.ndarray,
-) -> list[Path]:
+) -> list[Location]:
     """Write valid events of one Kafka partition under ``root``: one durable file per event date.
 
     ``frame`` is ``EventValidator.to_frame`` output (event time as int64 epoch ms); ``offsets`` and
@@ -73,7 +83,7 @@ def write_batch(
     return written
 
 
-def written_offsets(root: Path, partition: int, from_offset: int = 0) -> np.ndarray:
+def written_offsets(root: Location, partition: int, from_offset: int = 0) -> np.ndarray:
     """Sorted offsets >= ``from_offset`` of one Kafka partition already in the dataset.
 
     File names select the candidates (files whose last offset is >= ``from_offset``); their
@@ -85,12 +95,12 @@ def written_offsets(root: Path, partition: int, from_offset: int = 0) -> np.ndar
         for part in live_parts(root, partition):
             if part.last < from_offset:
                 continue
-            column = pq.read_table(part.path, columns=["_offset"]).column(0).to_numpy()
+            column = read_parquet(part.path, columns=["_offset"]).column(0).to_numpy()
             found.append(column[column >= from_offset])
     return np.unique(np.concatenate(found))
 
 
-def remove_temps(root: Path, partition: int) -> int:
+def remove_temps(root: Location, partition: int) -> int:
     """Delete temporary files that a dead writer of this Kafka partition left behind; returns how many."""
     removed = 0
     for path in list_temps(root, partition):
@@ -99,7 +109,7 @@ def remove_temps(root: Path, partition: int) -> int:
     return removed
 
 
-def claim_source(root: Path, topic: str) -> None:
+def claim_source(root: Location, topic: str) -> None:
     """Record that the dataset under ``root`` holds events of ``topic``; refuse another topic.
 
     Offsets mean nothing across topics: a sink of another topic into the same dataset would take
@@ -115,8 +125,23 @@ def claim_source(root: Path, topic: str) -> None:
                 f"confused; use another --data-dir for topic {topic!r}"
             )
         return
-    root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"topic": topic}) + "\n")
+
+
+def write_text_atomic(path: Location, text: str) -> None:
+    """Replace ``path``'s content atomically and durably (temporary file + rename locally; one PUT on a store)."""
+    if not is_local(path):
+        path.write_text(text)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
-    tmp.write_text(json.dumps({"topic": topic}) + "\n")
-    os.replace(tmp, path)
-    fsync_dir(root)
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

@@ -19,7 +19,6 @@ Entity keys are never used as file names: they are RocksDB table keys (bytes), s
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import os
 from pathlib import Path
@@ -35,18 +34,6 @@ _HEADERS_ATTR = "featurestream_auth_headers"
 
 class RequestTooLarge(ValueError):
     """A request body over the limit (HTTP 413)."""
-
-
-def add_token_argument(parser: argparse.ArgumentParser) -> None:
-    """``--auth-token-file`` (a worker requires the token; a client sends it)."""
-    parser.add_argument(
-        "--auth-token-file",
-        metavar="PATH",
-        default=os.environ.get(TOKEN_FILE_ENV) or None,
-        help=f"file holding the workers' HTTP bearer token (env {TOKEN_FILE_ENV}; or put the token itself in "
-        f"env {TOKEN_ENV}); a worker then requires it on every route but /health and /metrics, and "
-        "clients (get, verify, drift) send it. Default: no token",
-    )
 
 
 def resolve_token(token_file: str | os.PathLike | None, environ=os.environ) -> str | None:

@@ -13,7 +13,7 @@ import urllib.request
 from aggregations.durations import parse_duration
 from aggregations.schema import DEFAULT_MAX_FUTURE
 
-from .auth import add_token_argument, client_headers, resolve_token
+from .auth import client_headers, resolve_token
 from .topics import DEFAULT_PARTITIONS
 
 
@@ -21,16 +21,16 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"FEATURESTREAM_{name}", default)
 
 
-def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
-    """Register the ``worker`` and ``get`` subcommands."""
+def add_commands(subparsers, shared) -> None:
+    """Register the ``worker`` and ``get`` subcommands; ``shared(parser, *names)`` adds the CLI's shared options."""
     w = subparsers.add_parser(
         "worker",
-        parents=[common],
         help="run the online worker (Faust): consume, aggregate, serve features over HTTP",
         description="Consume every feature set's source topic, keep tile state in RocksDB (with a Kafka "
         "changelog) and serve GET /features/{set}/{entity}, POST /vectors/{vector}, /health and /metrics.",
         epilog="example: featurestream worker --broker 127.0.0.1:9092 --state-dir .run/state --web-port 6066",
     )
+    shared(w, "definitions", "broker", "app_id", "topic_prefix", "auth", "kafka")
     w.add_argument(
         "--state-dir",
         default=_env("STATE_DIR", ".run/state"),
@@ -56,18 +56,6 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
         "--worker-id",
         default=_env("WORKER_ID", "") or None,
         help="name of this worker in logs, client ids and /health (default host-pid)",
-    )
-    w.add_argument(
-        "--app-id",
-        default=_env("APP_ID", "featurestream"),
-        help="Faust app id = consumer group and changelog prefix, shared by all workers "
-        "(env FEATURESTREAM_APP_ID; default featurestream)",
-    )
-    w.add_argument(
-        "--topic-prefix",
-        default=_env("TOPIC_PREFIX", ""),
-        help="prefix of source topic names: topic = PREFIX + FeatureSet.source "
-        "(env FEATURESTREAM_TOPIC_PREFIX; default none)",
     )
     w.add_argument(
         "--partitions",
@@ -122,14 +110,9 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     )
     g.add_argument("feature_set", metavar="SET", help="feature set name, e.g. transactions")
     g.add_argument("entity", metavar="ENTITY", help="entity key, e.g. a user id")
-    g.add_argument(
-        "--url",
-        default=_env("URL", "http://127.0.0.1:6066"),
-        help="worker base URL (env FEATURESTREAM_URL; default http://127.0.0.1:6066)",
-    )
+    shared(g, "url", "auth")
     g.add_argument("--features", default=None, help="comma-separated feature names (default: all)")
     g.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
-    add_token_argument(g)
     g.set_defaults(func=run_get)
 
 

@@ -219,11 +219,12 @@ def test_security_mistakes_are_one_line_errors(fields, message):
 def test_cli_reads_options_and_env(monkeypatch, capsys):
     import argparse
 
-    from featurestream.config import common_parser
+    from featurestream import options
 
     monkeypatch.setenv("FEATURESTREAM_KAFKA_SASL_USERNAME", "svc")
     monkeypatch.setenv("FEATURESTREAM_KAFKA_SASL_PASSWORD", "pw")
-    parser = argparse.ArgumentParser(parents=[common_parser()])
+    parser = argparse.ArgumentParser()
+    options.add(parser, "kafka")
     args = parser.parse_args(["--kafka-security-protocol", "sasl_plaintext", "--kafka-sasl-mechanism", "scram-sha-256"])
     security = KafkaSecurity.from_args(args)
     assert security.client_config()["sasl_mechanism"] == "SCRAM-SHA-256"

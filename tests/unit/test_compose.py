@@ -190,3 +190,18 @@ empty:
         },
         "empty": None,
     }
+
+
+def test_object_store_image_matches_the_local_s3proxy_and_the_sink_writes_there() -> None:
+    pom = (REPO_ROOT / "deploy" / "s3proxy" / "pom.xml").read_text()
+    (version,) = re.findall(r"<s3proxy\.version>([^<]+)</s3proxy\.version>", pom)
+    compose = load_compose()
+    s3 = compose["services"]["s3"]
+    assert s3["image"] == f"andrewgaul/s3proxy:{version}"
+    port = s3["environment"]["S3PROXY_ENDPOINT"].rsplit(":", 1)[1]
+    sink = compose["services"]["sink"]
+    words = command_words(sink)
+    assert words[words.index("--data-dir") + 1].startswith("s3://featurestream/")
+    assert sink["environment"]["AWS_ENDPOINT_URL"] == f"http://s3:{port}"
+    assert sink["environment"]["AWS_ACCESS_KEY_ID"] == s3["environment"]["S3PROXY_IDENTITY"]
+    assert sink["environment"]["AWS_SECRET_ACCESS_KEY"] == s3["environment"]["S3PROXY_CREDENTIAL"]
