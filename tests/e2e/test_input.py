@@ -54,7 +54,7 @@ def poison(now: int) -> list[Sent]:
     return [
         raw("p1", b"not json at all", "not valid JSON"),
         raw("p1", b"", "not valid JSON"),
-        raw("p1", b"\xff\xfe\x00garbage", "not valid JSON"),
+        raw("p1", b"\xff\xfe\x00garbage", "not valid UTF-8"),
         raw("p1", b"[1, 2, 3]", "must be a JSON object"),
         raw("p1", b'"just a string"', "must be a JSON object"),
         raw("p1", obj(user_id="p1", ts=now - 5, amount="12.5"), "amount must be a number"),
@@ -73,6 +73,10 @@ def poison(now: int) -> list[Sent]:
         raw("p1", f'{{"user_id": "p1", "ts": {now - 5}, "amount": NaN}}'.encode(), "must be finite"),
         raw("p1", f'{{"user_id": "p1", "ts": {now - 5}, "amount": 1e400}}'.encode(), "must be finite"),
         raw("p1", b"y" * 600_000, "not valid JSON"),  # big, but its envelope still fits the worker's producer
+        raw("p1", b'{"user_id":' + b"[" * 3000 + b"]" * 3000 + b"}", "nested too deeply"),
+        raw("p1", obj(user_id="p1", ts=(now - 5) // 1000, amount=1.0), "looks like epoch seconds"),
+        raw("p1", obj(user_id="k" * 5000, ts=now - 5, amount=1.0), "longer than 1024"),
+        raw("p1", b'{"user_id": "\\ud800", "ts": 1, "amount": 1}', "not valid Unicode"),
     ]
 
 
