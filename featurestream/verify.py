@@ -33,7 +33,6 @@ With ``--every SECONDS`` it runs until stopped and exports ``featurestream_verif
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
