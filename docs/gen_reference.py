@@ -35,7 +35,8 @@ else 401 with `WWW-Authenticate: Bearer`.
 
 ## Python API
 
-- `aggregations.FeatureSet(name, entities, timestamp_key, source, schema, aggregations, on_read=(), ...)`:
+- `aggregations.FeatureSet(name, entities, timestamp_key, source, schema, aggregations=(), features=(),
+  transforms=(), on_read=(), ...)`:
   a feature set; `.preview(events_df)` (features of each event as of its own time),
   `.preview(events_df, at=rows)`, `.feature_names()`, `.fingerprint()`.
 - `aggregations.Aggregation(column, ops, windows, periods=None)`: ops `count, sum, avg, min, max, first,
@@ -43,6 +44,9 @@ else 401 with `WWW-Authenticate: Bearer`.
   `approx_percentile(q, ...)` (features `{column}_p50_{window}`, ...), `top_k(k)` (`{column}_top5_{window}`:
   a list of `{"value", "count"}`), `last_k(k)` (`{column}_last5_{window}`: a list, latest first); see
   [concepts](concepts.md#sketch-ops); windows like `"1h"`, `"90d"`.
+- `aggregations.Feature(column, dtype=None, ttl=None, name=None)`: a plain feature (`features=[...]` of a
+  FeatureSet): the column of the entity's latest event with timestamp in `[t - ttl, t)`, own dtype kept, a
+  null in that event served as null.
 - `aggregations.OnRead(name, fn, inputs=[...])`: a feature computed at read time from aggregates and request
   columns (`fn(frame) -> Series`).
 - `aggregations.FeatureVector(name, ["set.feature", ...])` and `aggregations.Registry(sets, vectors)`;

@@ -41,7 +41,7 @@ class FeatureReader:
         self.plan = feature_set.plan
         self.codec = EntityStateCodec(feature_set)
         self.names = feature_set.feature_names()
-        self.aggregated = [f.name for f in self.plan.features]
+        self.aggregated = [f.name for f in self.plan.features] + [f.name for f in self.plan.latest]
         self.on_read = [o.name for o in feature_set.on_read]
 
     def check_features(self, wanted: Sequence[str] | None) -> list[str]:

@@ -85,26 +85,26 @@ class Store:
             self.blobs[(w.partition, w.key)] = w.value
 
 
-def worker_state(frame: pd.DataFrame, now: int, store: Store | None = None) -> Store:
+def worker_state(frame: pd.DataFrame, now: int, store: Store | None = None, fs=TX) -> Store:
     store = store or Store()
-    processor = BatchProcessor(TX, "transactions")
+    processor = BatchProcessor(fs, "transactions")
     for _, part in frame.groupby("_partition"):  # partition by partition, in offset order, as consumed
         result = processor.process(records(part.sort_values("_offset")), now, store.load)
         store.apply(result)
     return store
 
 
-def write_dataset(frame: pd.DataFrame, root) -> None:
+def write_dataset(frame: pd.DataFrame, root, fs=TX) -> None:
     for p, part in frame.groupby("_partition"):
         write_batch(
-            TX, dataset_dir(root, TX.name), int(p), part[["user_id", "ts", "amount"]].reset_index(drop=True),
+            fs, dataset_dir(root, fs.name), int(p), part[["user_id", "ts", "amount"]].reset_index(drop=True),
             part["_offset"].to_numpy(), part["_arrival"].to_numpy(),
         )  # fmt: skip
 
 
-def rebuilt(root, now: int, partitions: int) -> dict[tuple[int, bytes], bytes]:
+def rebuilt(root, now: int, partitions: int, fs=TX) -> dict[tuple[int, bytes], bytes]:
     out = {}
-    for part in rebuild_states(TX, root, now, partitions=partitions):
+    for part in rebuild_states(fs, root, now, partitions=partitions):
         for s in part.states:
             assert (s.partition, s.key) not in out
             out[(s.partition, s.key)] = s.value
@@ -117,6 +117,24 @@ def test_rebuilt_blobs_are_the_workers_bytes(tmp_path):
     want = worker_state(frame, NOW).blobs
     for partitions in (1, 4):
         assert rebuilt(tmp_path, NOW, partitions) == want
+
+
+def test_rebuilt_plain_features_are_the_workers_bytes(tmp_path):
+    """A set with plain features (the latest event within a ttl, and without one) besides its windows."""
+    from aggregations import Feature, FeatureSet
+
+    plain = FeatureSet(
+        name="transactions", entities=TX.entities, timestamp_key="ts", source="transactions", schema=TX.schema,
+        aggregations=TX.aggregations, features=[Feature("amount", name="last_amount", ttl="3d"), Feature("ts", name="seen")],
+    )  # fmt: skip
+    frame = history(seed=5)
+    write_dataset(frame, tmp_path, plain)
+    want = worker_state(frame, NOW, fs=plain).blobs
+    assert rebuilt(tmp_path, NOW, 3, plain) == want
+    values = FeatureReader(plain).read(list(want.values()), NOW + 1)
+    assert all(v["seen"] is None or type(v["seen"]) is int for v in values) and any(
+        v["last_amount"] for v in values
+    )
 
 
 def test_worker_continues_from_rebuilt_state_as_if_always_on(tmp_path):
