@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from aggregations.loading import load_registry
 from featurestream import (
     FeatureConnectionError,
     FeatureRequestError,
+    FeatureServerError,
     FeatureTimeout,
     OnlineClient,
 )
@@ -110,7 +113,12 @@ def deployment(kafka_bootstrap, tmp_path_factory):
         want = sum(e["amount"] is not None for e in events)
         pairs = [{"user_id": u, "merchant": m} for u in USERS for m in MERCHANTS]
         while True:
-            got = client.vector("pair").get(pairs)
+            try:
+                got = client.vector("pair").get(pairs)
+            except FeatureServerError as exc:  # a 500 right after /health is 200: see notes-surface.md
+                assert time.monotonic() < deadline, f"{exc}\n{worker.log_tail()}"
+                time.sleep(0.3)
+                continue
             tx = sum(
                 client.features("transactions", u, ["amount_count_90d"])["amount_count_90d"] for u in USERS
             )
@@ -128,10 +136,7 @@ def deployment(kafka_bootstrap, tmp_path_factory):
         sinks = [("transactions", topics["transactions"]), ("user_merchant", topics["payments"]),
                  ("profiles", topics["profiles"])]  # fmt: skip
         for name, topic in sinks:
-            done = cli("sink", "--once", "--broker", kafka_bootstrap, "--data-dir", str(data), "--definitions",
-                       DEFINITIONS, "--feature-set", name, "--topic", topic, "--group", f"sink-{run_id}-{name}",
-                       "--flush-seconds", "1")  # fmt: skip
-            assert done.returncode == 0, done.stderr
+            _sink_once(kafka_bootstrap, data, name, topic, f"sink-{run_id}-{name}")
         yield {
             "worker": worker, "client": client, "token": token, "events": events, "data": data,
             "profile_events": profile_events,
@@ -140,6 +145,21 @@ def deployment(kafka_bootstrap, tmp_path_factory):
     finally:
         client.close()
         worker.stop()
+
+
+def _sink_once(bootstrap: str, data: Path, name: str, topic: str, group: str) -> None:
+    """``featurestream sink --once`` of one set. A new sink has been seen to consume nothing for minutes on a
+    busy machine (tests/e2e relaunches it too): after 90 s it is stopped and relaunched once, with a warning
+    that carries its log."""
+    args = ["sink", "--once", "--broker", bootstrap, "--data-dir", str(data), "--definitions", DEFINITIONS,
+            "--feature-set", name, "--topic", topic, "--group", group, "--flush-seconds", "1", "-v"]  # fmt: skip
+    try:
+        done = cli(*args, timeout=90)
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stderr or b"")[-2000:]
+        warnings.warn(f"sink of {name} stuck at start, relaunched; its log: {tail!r}", stacklevel=1)
+        done = cli(*args, timeout=180)
+    assert done.returncode == 0, done.stderr
 
 
 def _profile_events(now: int) -> list[dict]:
