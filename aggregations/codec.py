@@ -5,8 +5,9 @@ Layout: b"FS2" | u32 meta length | meta JSON | per level of the chain: u32 n | n
 in plan order (floats stored by their bit pattern), then, for each array of a binary field (sketches,
 last-k values; ``binary = True``), n u32 lengths (0 = empty) followed by the n elements' bytes. Row-major
 tiles let a whole batch of entities decode with one ``frombuffer`` per level. Other object arrays (string
-first/last values, distinct sets) travel in the meta JSON. The meta carries the definition fingerprint, so state of a changed
-definition is never read by accident, and free-form entries (e.g. applied source offsets).
+first/last values, distinct sets) travel in the meta JSON, and so do plain features' candidate events
+(``latest``: times, sequence numbers and Python values, so ints stay ints). The meta carries the definition
+fingerprint, so state of a changed definition is never read by accident, and free-form entries (e.g. applied source offsets).
 Deliberately not pickle: the changelog topic must not be able to run code.
 """
 
@@ -18,11 +19,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import latest as plain
 from .definitions import FeatureSet
 from .fields import FIELDS
 from .kernel import Level, Levels
 
 MAGIC = b"FS2"
+LATEST_META = "latest"  # meta entry: plain features' candidate events (aggregations.latest.encode)
 _U32 = struct.Struct("<I")
 _WORD = np.dtype("<i8")
 
@@ -106,6 +109,10 @@ class EntityStateCodec:
                         objects[f"{period}|{key[0]}|{key[1]}|{pos}"] = [_jsonable(v) for v in values]
             if objects:
                 body["obj"] = objects
+            if self.plan.latest and levels.latest is not None:  # plain features' candidate events
+                candidates = plain.encode(levels.latest, int(codes[i]))
+                if candidates:
+                    body[LATEST_META] = candidates
             meta_bytes = json.dumps(body, separators=(",", ":")).encode()
             out.append(MAGIC + _U32.pack(len(meta_bytes)) + meta_bytes + b"".join(chunks))
         return out
@@ -134,12 +141,14 @@ class EntityStateCodec:
         objects_by_level: dict[int, dict] = {p: {} for p in self.plan.chain}
         binary_by_level: dict[int, dict] = {p: {k: [] for k in self.binary} for p in self.plan.chain}
         metas = []
+        latest_entries: list[dict | None] = [None] * len(blobs)
         for code, blob in enumerate(blobs):
             if blob is None:
                 metas.append({})
                 continue
             meta, offset = self.decode_meta(blob)
             objects = meta.pop("obj", None)
+            latest_entries[code] = meta.pop(LATEST_META, None)
             metas.append(meta)
             for period in self.plan.chain:
                 (n,) = _U32.unpack_from(blob, offset)
@@ -181,7 +190,7 @@ class EntityStateCodec:
                 for key in self.keys
             }
             levels[period] = Level(period, codes, matrix[:, 0].astype(np.int64), states)
-        return Levels(levels), metas
+        return Levels(levels, plain.decode(self.plan, latest_entries)), metas
 
 
 def _binary_elements(elements: np.ndarray, first: int, last: int) -> tuple[int, np.ndarray, list[bytes]]:

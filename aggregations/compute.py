@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from . import latest as plain
 from .definitions import FeatureSet
 from .kernel import EventBatch, Levels, build_levels, empty_levels, expire, late_cutoff, merge_levels, read
 from .schema import entity_keys, to_epoch_ms
@@ -37,14 +38,38 @@ def aggregation_columns(feature_set: FeatureSet, frame: pd.DataFrame) -> dict[st
     return out
 
 
+def latest_columns(feature_set: FeatureSet, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The columns plain features read, as Python values of their own type (None for null)."""
+    out = {}
+    for column in plain.columns_of(feature_set.plan):
+        if column not in frame.columns:
+            raise KeyError(f"feature set {feature_set.name!r}: events lack feature column {column!r}")
+        out[column] = plain.python_values(frame[column])
+    return out
+
+
 def event_batch(
     feature_set: FeatureSet, frame: pd.DataFrame, codes: np.ndarray, seq: np.ndarray
 ) -> EventBatch:
     """Transformed events -> the kernel's columnar batch."""
     ts = to_epoch_ms(frame[feature_set.timestamp_key])
     return EventBatch(
-        np.asarray(codes, np.int64), ts, np.asarray(seq, np.int64), aggregation_columns(feature_set, frame)
+        np.asarray(codes, np.int64),
+        ts,
+        np.asarray(seq, np.int64),
+        aggregation_columns(feature_set, frame),
+        latest_columns(feature_set, frame),
     )
+
+
+def feature_frame(feature_set: FeatureSet, values: dict[str, np.ndarray], names, n: int) -> pd.DataFrame:
+    """Computed feature values as a frame, each plain feature in its column's own dtype."""
+    dtypes = {f.name: feature_set.feature_dtype(f) for f in feature_set.features}
+    columns = {}
+    for name in names:
+        if name in values:
+            columns[name] = plain.typed(dtypes[name], values[name]) if name in dtypes else values[name]
+    return pd.DataFrame(columns, index=range(n))
 
 
 def features_at(

@@ -18,6 +18,7 @@ from functools import cached_property
 
 import pandas as pd
 
+from .durations import parse_duration
 from .ops import get_op, parse_op
 from .tiles import Window, level_chain
 
@@ -49,8 +50,8 @@ class Entity:
 
 
 @dataclass(frozen=True)
-class Feature:
-    """One output feature: ``{name}_{label}_{window}``; the label is the op's name or, for a parametrized
+class WindowedFeature:
+    """One aggregated output feature: ``{name}_{label}_{window}``; the label is the op's name or, for a parametrized
     op, derived from its parameters (``p50``, ``top5``, ``last3``; see ``ops.parse_op``)."""
 
     name: str
@@ -67,6 +68,45 @@ class Feature:
     def finalize(self, states):
         """Values of this feature from its fields' states (``{field name: state}``)."""
         return get_op(self.op).finalize_for(states, self.params)
+
+
+class Feature:
+    """A plain feature: the value of the entity's latest event, e.g. ``Feature("country", ttl="30d")``.
+
+    At time t it is the ``column`` of the entity's latest event with timestamp in ``[t - ttl, t)`` (no ttl:
+    unbounded), ties by arrival order; null when there is none. A null in that latest event is the value
+    (served as null, not skipped as aggregations skip nulls). The column's own dtype is kept. ``dtype`` is
+    needed only for a column a transform makes; ``name`` (default the column) names the feature.
+    """
+
+    op = "latest"
+
+    def __init__(
+        self, column: str, dtype: str | None = None, ttl: str | None = None, name: str | None = None
+    ):
+        self.column = check_name("column", column)
+        self.name = check_name("feature", name or column)
+        if dtype is not None and dtype not in SCHEMA_TYPES:
+            raise ValueError(
+                f"feature {self.name!r}: unknown dtype {dtype!r}; valid types: {', '.join(SCHEMA_TYPES)}"
+            )
+        self.dtype = dtype
+        self.ttl = ttl
+        self.ttl_ms: int | None = None
+        if ttl is not None:
+            try:
+                self.ttl_ms = parse_duration(ttl)
+            except ValueError as exc:
+                raise ValueError(f"feature {self.name!r}: ttl {exc}") from None
+            if self.ttl_ms <= 0:
+                raise ValueError(f"feature {self.name!r}: ttl must be positive, got {ttl!r}")
+
+    def describe(self) -> dict:
+        return {"column": self.column, "name": self.name, "dtype": self.dtype, "ttl_ms": self.ttl_ms}
+
+    def __repr__(self) -> str:
+        ttl = f", ttl={self.ttl!r}" if self.ttl else ""
+        return f"Feature({self.column!r}, dtype={self.dtype!r}{ttl})"
 
 
 class Aggregation:
@@ -123,9 +163,9 @@ class Aggregation:
             except ValueError as exc:
                 raise ValueError(f"aggregation {self.name!r}: {exc}") from None
 
-    def features(self) -> list[Feature]:
+    def features(self) -> list[WindowedFeature]:
         return [
-            Feature(f"{self.name}_{label}_{w.label}", self.column, spec.op.name, w, params)
+            WindowedFeature(f"{self.name}_{label}_{w.label}", self.column, spec.op.name, w, params)
             for w in self.windows
             for spec in self.specs
             for label, params in spec.outputs()
@@ -161,14 +201,33 @@ class OnRead:
 class Plan:
     """A compiled FeatureSet: what state to keep and how to read it."""
 
-    features: list[Feature]
+    features: list[WindowedFeature]
     fields_by_column: dict[str, tuple[str, ...]]
     windows: tuple[Window, ...]
     chain: tuple[int, ...]
+    latest: tuple[Feature, ...] = ()  # plain features (aggregations.latest)
 
     @property
-    def longest(self) -> Window:
+    def longest(self) -> Window | None:
+        """The window reaching furthest back (None: no aggregations)."""
+        if not self.windows:
+            return None
         return max(self.windows, key=lambda w: (w.length + w.period, w.length))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The event columns the features read: aggregated ones, then plain features' (no duplicates)."""
+        return tuple(dict.fromkeys([*self.fields_by_column, *(f.column for f in self.latest)]))
+
+    @property
+    def reach_ms(self) -> int | None:
+        """How far before a read time t any feature can look (None: unbounded, a plain feature without ttl)."""
+        reach = [w.length + w.period for w in self.windows]
+        for feature in self.latest:
+            if feature.ttl_ms is None:
+                return None
+            reach.append(feature.ttl_ms)
+        return max(reach, default=0)
 
 
 class FeatureSet:
@@ -181,10 +240,11 @@ class FeatureSet:
         timestamp_key: str,
         source: str,
         schema: Mapping[str, str],
-        aggregations: Sequence[Aggregation],
+        aggregations: Sequence[Aggregation] = (),
         transforms: Sequence[Transform] = (),
         on_read: Sequence[OnRead] = (),
         description: str = "",
+        features: Sequence[Feature] = (),
     ):
         self.name = check_name("feature set", name)
         if not entities or not all(isinstance(e, Entity) for e in entities):
@@ -196,6 +256,7 @@ class FeatureSet:
             raise ValueError(f"feature set {name!r}: invalid source topic {source!r}")
         self.schema = dict(schema)
         self.aggregations = tuple(aggregations)
+        self.features = tuple(features)
         self.transforms = tuple(transforms)
         self.on_read = tuple(on_read)
         self.description = description
@@ -224,9 +285,10 @@ class FeatureSet:
             raise ValueError(
                 f"feature set {self.name!r}: timestamp_key {self.timestamp_key!r} must be in the schema as 'timestamp'"
             )
-        if not self.aggregations:
-            raise ValueError(f"feature set {self.name!r}: needs at least one Aggregation")
+        if not self.aggregations and not self.features:
+            raise ValueError(f"feature set {self.name!r}: needs at least one Aggregation or Feature")
         derived_ok = bool(self.transforms)  # transforms may add columns not in the schema
+        self._validate_features(derived_ok)
         for agg in self.aggregations:
             dtype = self.schema.get(agg.column)
             if dtype is None and not derived_ok:
@@ -245,10 +307,36 @@ class FeatureSet:
                 raise ValueError(f"feature set {self.name!r}: duplicate feature name {feature!r}")
             seen[feature] = feature
 
+    def _validate_features(self, derived_ok: bool) -> None:
+        for feature in self.features:
+            if not isinstance(feature, Feature):
+                raise ValueError(
+                    f"feature set {self.name!r}: features must be Feature objects, got {feature!r}"
+                )
+            declared = self.schema.get(feature.column)
+            if declared is None and not derived_ok:
+                raise ValueError(
+                    f"feature set {self.name!r}: feature column {feature.column!r} is not in the schema"
+                )
+            if declared is None and feature.dtype is None:
+                raise ValueError(
+                    f"feature set {self.name!r}: feature {feature.name!r} reads column {feature.column!r}, "
+                    "which a transform makes: give its dtype"
+                )
+            if declared is not None and feature.dtype not in (None, declared):
+                raise ValueError(
+                    f"feature set {self.name!r}: feature {feature.name!r} is declared {feature.dtype}, but "
+                    f"column {feature.column!r} is {declared} in the schema"
+                )
+
+    def feature_dtype(self, feature: Feature) -> str:
+        """The dtype a plain feature is served with: its column's."""
+        return feature.dtype or self.schema[feature.column]
+
     def feature_names(self) -> list[str]:
-        """Aggregated feature names in declaration order, then on-read ones."""
+        """Aggregated feature names in declaration order, then plain features, then on-read ones."""
         names = [f.name for agg in self.aggregations for f in agg.features()]
-        return names + [o.name for o in self.on_read]
+        return names + [f.name for f in self.features] + [o.name for o in self.on_read]
 
     def _compile(self) -> Plan:
         features = [f for agg in self.aggregations for f in agg.features()]
@@ -263,11 +351,11 @@ class FeatureSet:
             chain = level_chain(w.period for w in windows)
         except ValueError as exc:
             raise ValueError(f"feature set {self.name!r}: {exc}") from None
-        return Plan(features, {c: tuple(v) for c, v in fields.items()}, windows, chain)
+        return Plan(features, {c: tuple(v) for c, v in fields.items()}, windows, chain, self.features)
 
     def definition(self) -> dict:
         """Everything that changes the state or the values computed, as plain JSON data."""
-        return {
+        out = {
             "name": self.name,
             "entities": [[e.name, e.dtype] for e in self.entities],
             "timestamp_key": self.timestamp_key,
@@ -275,6 +363,9 @@ class FeatureSet:
             "aggregations": [a.describe() for a in self.aggregations],
             "transforms": [_callable_identity(t) for t in self.transforms],
         }
+        if self.features:  # only then: sets without plain features keep their fingerprint
+            out["features"] = [f.describe() for f in self.features]
+        return out
 
     def fingerprint(self) -> str:
         """A stable hash of ``definition()``: the version of the set's online state."""

@@ -8,10 +8,11 @@ vectorized over many entities at once: ``Levels`` holds tiles of many entities, 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import latest as plain
 from .definitions import Plan
 from .fields import FIELDS, State
 from .tiles import keep_from, window_levels
@@ -27,6 +28,7 @@ class EventBatch:
     ts: np.ndarray
     seq: np.ndarray
     columns: Mapping[str, np.ndarray]
+    latest: Mapping[str, np.ndarray] = field(default_factory=dict)  # plain features' columns, Python values
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -55,9 +57,11 @@ class Level:
 
 @dataclass
 class Levels:
-    """State of many entities: one ``Level`` per period of the chain (largest first, 1 ms last)."""
+    """State of many entities: one ``Level`` per period of the chain (largest first, 1 ms last), and the
+    candidate latest events of plain features (``aggregations.latest``)."""
 
     levels: dict[int, Level]
+    latest: plain.Latest | None = None
 
 
 def _valid(values: np.ndarray) -> np.ndarray:
@@ -129,7 +133,7 @@ def empty_levels(plan: Plan) -> Levels:
     for period in plan.chain:
         states = {(c, f): FIELDS[f].zeros(0) for c, fs in plan.fields_by_column.items() for f in fs}
         levels[period] = Level(period, np.zeros(0, np.int64), np.zeros(0, np.int64), states)
-    return Levels(levels)
+    return Levels(levels, plain.empty(plan))
 
 
 def build_levels(plan: Plan, events: EventBatch) -> Levels:
@@ -155,7 +159,8 @@ def build_levels(plan: Plan, events: EventBatch) -> Levels:
         level = Level(period, below_codes[starts], index[starts], states)
         out[period] = level
         below_codes, below_start, below_states = level.codes, level.index * period, states
-    return Levels({p: out[p] for p in plan.chain})
+    latest = plain.build(plan, events.codes, events.ts, events.seq, events.latest)
+    return Levels({p: out[p] for p in plan.chain}, latest)
 
 
 def merge_levels(a: Levels, b: Levels) -> Levels:
@@ -174,7 +179,10 @@ def merge_levels(a: Levels, b: Levels) -> Levels:
             joined = tuple(np.concatenate([x, y])[order] for x, y in zip(sa, sb, strict=True))
             states[key] = _reduce_groups(key, joined, starts)
         out[period] = Level(period, codes[starts], index[starts], states)
-    return Levels(out)
+    latest = (
+        b.latest if a.latest is None else a.latest if b.latest is None else plain.merge(a.latest, b.latest)
+    )
+    return Levels(out, latest)
 
 
 def expire(plan: Plan, levels: Levels, now: int) -> Levels:
@@ -183,12 +191,17 @@ def expire(plan: Plan, levels: Levels, now: int) -> Levels:
     for period, level in levels.levels.items():
         first_index = keep_from(period, plan.chain, plan.windows, now) // period
         out[period] = level.take(np.flatnonzero(level.index >= first_index))
-    return Levels(out)
+    latest = None if levels.latest is None else plain.expire(plan, levels.latest, now)
+    return Levels(out, latest)
 
 
 def late_cutoff(plan: Plan, now: int) -> int:
     """Events with a timestamp below this can no longer change any read at time >= now."""
-    return min(w.start(now) for w in plan.windows)
+    starts = [w.start(now) for w in plan.windows]
+    if plan.latest:
+        bound = plain.cutoff(plan, now)
+        starts.append(-(2**62) if bound is None else bound)
+    return min(starts)
 
 
 class _LevelIndex:
@@ -220,7 +233,8 @@ def _query_order(q_codes: np.ndarray, q_ts: np.ndarray) -> np.ndarray | None:
 def read(
     plan: Plan, levels: Levels, q_codes: np.ndarray, q_ts: np.ndarray, features=None
 ) -> dict[str, np.ndarray]:
-    """Every (or the named) aggregated feature at each query (entity code, time t), per the window contract."""
+    """Every (or the named) aggregated and plain feature at each query (entity code, time t), per the window
+    contract (plain features: ``aggregations.latest``)."""
     q_codes = np.asarray(q_codes, dtype=np.int64)
     q_ts = np.asarray(q_ts, dtype=np.int64)
     order = _query_order(q_codes, q_ts)
@@ -233,6 +247,8 @@ def read(
         return out_of_order
     wanted = set(features) if features is not None else None
     out: dict[str, np.ndarray] = {}
+    if plan.latest:
+        out.update(plain.read(plan, levels.latest or plain.empty(plan), q_codes, q_ts, wanted))
     for window in plan.windows:
         window_features = [
             f for f in plan.features if f.window == window and (wanted is None or f.name in wanted)

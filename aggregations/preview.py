@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .compute import apply_on_read, features_at
+from .compute import apply_on_read, feature_frame, features_at
 from .definitions import FeatureSet
 from .schema import entity_keys, to_epoch_ms
 from .stats import feature_statistics
@@ -23,11 +23,14 @@ def preview(feature_set: FeatureSet, events: pd.DataFrame, at: pd.DataFrame | No
     ts = to_epoch_ms(queries[feature_set.timestamp_key])
     values = features_at(feature_set, events, keys, ts)
     names = [f for f in feature_set.feature_names() if f in values]
-    features = pd.DataFrame({name: values[name] for name in names})
+    features = feature_frame(feature_set, values, names, len(queries))
     features = apply_on_read(feature_set, queries, features)
     base = queries[[*feature_set.entity_names, feature_set.timestamp_key]].reset_index(drop=True)
     if at is None:
         base = queries.reset_index(drop=True)
-    result = pd.concat([base, features], axis=1)
+    clash = {c: f"{feature_set.name}.{c}" for c in features.columns if c in base.columns}
+    result = pd.concat(
+        [base, features.rename(columns=clash)], axis=1
+    )  # a plain feature named like its column
     result.attrs["statistics"] = feature_statistics(features)
     return result

@@ -221,6 +221,9 @@ def rows_to_frame(feature_set: FeatureSet, rows: list[dict]) -> pd.DataFrame:
     """Typed rows -> DataFrame: float64 (NaN null), nullable Int64/boolean, object strings, int64 ms timestamps."""
     frame = pd.DataFrame.from_records(rows, columns=list(feature_set.schema))
     for column, dtype in feature_set.schema.items():
+        if dtype == "int64" and frame[column].dtype.kind == "f":  # nulls made it float: ints above 2**53 lost
+            frame[column] = pd.array([row.get(column) for row in rows], dtype="Int64")
+            continue
         frame[column] = frame[column].astype(_PANDAS_DTYPES[dtype])
     frame[feature_set.timestamp_key] = frame[feature_set.timestamp_key].astype("int64")
     return frame

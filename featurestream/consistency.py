@@ -20,7 +20,7 @@ import pandas as pd
 
 from aggregations.ops import OPS
 
-EXACT_OPS = frozenset({"count", "count_distinct", "min", "max", "first", "last", "approx_count_distinct", "last_k"})
+EXACT_OPS = frozenset({"count", "count_distinct", "min", "max", "first", "last", "approx_count_distinct", "last_k", "latest"})
 ZERO_WHEN_EMPTY = frozenset({"count", "count_distinct", "approx_count_distinct", "sum", "sqr"})
 #: Sketch ops whose value depends on merge order: differences within their error bound are expected.
 APPROX_OPS = frozenset(name for name, op in OPS.items() if not op.deterministic)

@@ -126,8 +126,8 @@ def verify_set(opts: Options, offsets: Offsets, set_name: str) -> dict:
     report.update(worker_lag=worker_lag, sink_lag=sink_lag)
 
     # 2. Entities: keys in the dataset and/or on the topic within the reach of the longest window.
-    longest = fs.plan.longest
-    reach_ms = int(time.time() * 1000) - (longest.length + longest.period)
+    reach = fs.plan.reach_ms  # None: a plain feature without ttl (every stored entity)
+    reach_ms = 0 if reach is None else int(time.time() * 1000) - reach
     keys: set[str] = set()
     if opts.entities_from in ("dataset", "both"):
         stored = read_events(fs, opts.data_dir, columns=list(fs.entity_names), start_ms=reach_ms)
@@ -146,8 +146,8 @@ def verify_set(opts: Options, offsets: Offsets, set_name: str) -> dict:
     report.update(entities_seen=len(keys), entities_sampled=len(sampled))
 
     # 3. Online reads (each at its own `at`), then the same features offline at the same times.
-    names = [f.name for f in fs.plan.features]
-    ops = {f.name: f.op for f in fs.plan.features}
+    names = [f.name for f in fs.plan.features] + [f.name for f in fs.plan.latest]
+    ops = {f.name: f.op for f in [*fs.plan.features, *fs.plan.latest]}
     with ThreadPoolExecutor(max(1, opts.concurrency)) as pool:
         bodies = list(
             pool.map(lambda k: read_online(opts.url, set_name, k, names, opts.http_timeout, opts.http_headers), sampled)

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from aggregations import FeatureSet, FeatureVector, Registry
 from aggregations.bookkeeping import tie_seq
-from aggregations.compute import apply_on_read, features_at
+from aggregations.compute import apply_on_read, feature_frame, features_at
 from aggregations.schema import entity_keys, to_epoch_ms
 
 from .dataset import PartitionedEvents, count_events, entity_partitions
@@ -164,7 +164,7 @@ def get_offline_features(
     for set_name, feature in order:
         clash = counts[feature] > 1 or feature in rows.columns
         column = f"{set_name}.{feature}" if clash else feature
-        result[column] = computed[(set_name, feature)].to_numpy()
+        result[column] = computed[(set_name, feature)].array  # an extension array keeps Int64/boolean
     if out is not None:
         write_parquet_atomic(pa.Table.from_pandas(result, preserve_index=False), open_location(out))
     return result
@@ -211,13 +211,14 @@ def _vector_order(vector: FeatureVector, sets: Mapping[str, FeatureSet]) -> list
 
 def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions, workers, spark=None) -> _SetTask:
     on_read = {o.name for o in fs.on_read}
-    aggregated = [f.name for f in fs.plan.features]
+    aggregated = [f.name for f in fs.plan.features] + [f.name for f in fs.plan.latest]
     if not any(name in on_read for name in requested):
         aggregated = [name for name in aggregated if name in requested]
     keys = entity_keys(fs, rows)
     if len(rows):
-        reach = max(w.length + w.period for w in fs.plan.windows)
-        start_ms, end_ms = int(query_ts.min()) - reach, int(query_ts.max())
+        reach = fs.plan.reach_ms  # None: a plain feature without ttl may read any earlier event
+        start_ms = 0 if reach is None else int(query_ts.min()) - reach
+        end_ms = int(query_ts.max())
     else:
         start_ms = end_ms = 0
     if partitions is None:
@@ -245,7 +246,7 @@ def _plan(fs: FeatureSet, requested, rows, query_ts, store, partitions, workers,
 def _needed_columns(fs: FeatureSet) -> list[str] | None:
     if fs.transforms:
         return None  # a transform may read any column
-    return list(dict.fromkeys([*fs.entity_names, fs.timestamp_key, *fs.plan.fields_by_column]))
+    return list(dict.fromkeys([*fs.entity_names, fs.timestamp_key, *fs.plan.columns]))
 
 
 def _compute_set(
@@ -264,9 +265,11 @@ def _compute_set(
                 target = values[name] = target.astype(object)
             target[idx] = column
         bar.update(1)
-    frame = pd.DataFrame({name: values[name] for name in task.aggregated if name in values}, index=range(n))
+    frame = feature_frame(fs, values, task.aggregated, n)
     if n == 0:
-        frame = pd.DataFrame({name: np.zeros(0) for name in task.aggregated})
+        frame = feature_frame(
+            fs, {name: np.zeros(0, dtype=object) for name in task.aggregated}, task.aggregated, 0
+        )
     return apply_on_read(fs, rows, frame)
 
 

@@ -58,7 +58,7 @@ class PartitionStates:
 def _columns(fs: FeatureSet) -> list[str] | None:
     if fs.transforms:
         return None  # a transform may read any column
-    return list(dict.fromkeys([*fs.entity_names, fs.timestamp_key, *fs.plan.fields_by_column]))
+    return list(dict.fromkeys([*fs.entity_names, fs.timestamp_key, *fs.plan.columns]))
 
 
 def entity_hash_partitions(fs: FeatureSet, store: str | Path, partitions: int | None = None) -> int:

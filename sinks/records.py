@@ -76,11 +76,16 @@ def table_to_frame(fs: FeatureSet, table: pa.Table) -> pd.DataFrame:
     and int64 columns are nullable ``Int64``, bools ``boolean``; strings keep pandas' ``str`` dtype.
     """
     table = timestamps_as_ms(table)
+    nullable_ints = {  # converted apart: to_pandas makes an int column with nulls float (ints > 2**53 lost)
+        column: table.column(column).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+        for column, dtype in fs.schema.items()
+        if dtype in ("int64", "timestamp") and column != fs.timestamp_key and column in table.column_names
+    }
     frame = table.to_pandas(split_blocks=True, self_destruct=True)
     for column in frame.columns:
         dtype = fs.schema.get(column)
-        if dtype in ("int64", "timestamp") and column != fs.timestamp_key:
-            frame[column] = frame[column].astype("Int64")
+        if column in nullable_ints:
+            frame[column] = nullable_ints[column].array
         elif dtype == "bool":
             frame[column] = frame[column].astype("boolean")
         elif column == fs.timestamp_key or column in META_COLUMNS:

@@ -6,7 +6,9 @@ A day ``date=D`` is deleted only if every event it can hold is older than both
 * ``floor((ref - W) / P) * P - P`` where W/P is the feature set's longest window and its period
   (``FeatureSet.plan.longest``) and ``ref`` is the earlier of ``now`` and the start of the newest
   stored day: a bootstrap of online state from Parquet at ``ref`` reads from the start of its
-  longest window (the window contract), and one more period is kept as a margin.
+  longest window (the window contract), and one more period is kept as a margin; and
+* for plain features (``Feature``), ``ref - ttl - 1 day`` for the longest ttl; a plain feature without a
+  ttl may read any earlier event, so such a set is never pruned.
 
 Each day goes atomically: under the exclusive snapshot lock its directory is renamed to a hidden
 ``.deleting-date=...`` name (readers skip it; the rename is fsynced), then removed. A run killed in
@@ -51,8 +53,13 @@ def retention_cutoff(fs: FeatureSet, keep_days: float, now_ms: int, newest_day: 
         raise ValueError(f"keep_days must be >= 0, got {keep_days}")
     longest = fs.plan.longest
     ref = now_ms if newest_day is None else min(now_ms, newest_day * DAY_MS)
-    window_start = ((ref - longest.length) // longest.period) * longest.period - longest.period
-    return min(int(now_ms - keep_days * DAY_MS), window_start)
+    starts = [int(now_ms - keep_days * DAY_MS)]
+    if longest is not None:
+        starts.append(((ref - longest.length) // longest.period) * longest.period - longest.period)
+    if fs.plan.latest:  # a plain feature reads the latest event within its ttl; without a ttl, any event
+        ttls = [f.ttl_ms for f in fs.plan.latest]
+        starts.append(0 if None in ttls else ref - max(ttls) - DAY_MS)
+    return min(starts)
 
 
 def prune(

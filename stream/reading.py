@@ -2,12 +2,11 @@
 
 The values come from ``aggregations.kernel.read`` (the window contract) and on-read features from
 ``aggregations.compute.apply_on_read``; this module only decodes state, picks names and makes the
-result JSON-safe (NaN -> null, numpy scalars -> Python). No Faust here, so it is unit-testable.
+result JSON-safe (NaN and ±Infinity -> null, numpy scalars -> Python). No Faust here, so it is unit-testable.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 
@@ -19,6 +18,8 @@ from aggregations.compute import apply_on_read
 from aggregations.definitions import FeatureSet, FeatureVector
 from aggregations.kernel import read
 from aggregations.schema import MAX_ENTITY_BYTES, entity_keys  # one limit: ingest refuses longer keys too
+
+from . import http_json
 
 MAX_VECTOR_ENTITIES = 1000
 
@@ -39,7 +40,7 @@ class FeatureReader:
         self.plan = feature_set.plan
         self.codec = EntityStateCodec(feature_set)
         self.names = feature_set.feature_names()
-        self.aggregated = [f.name for f in self.plan.features]
+        self.aggregated = [f.name for f in self.plan.features] + [f.name for f in self.plan.latest]
         self.on_read = [o.name for o in feature_set.on_read]
 
     def check_features(self, wanted: Sequence[str] | None) -> list[str]:
@@ -102,10 +103,10 @@ class FeatureReader:
 
 
 def json_values(values: np.ndarray) -> list:
-    """A column as JSON-safe Python values: NaN/None/NA -> None, numpy scalars -> int/float/bool/str."""
+    """A column as strict-JSON Python values: NaN/±Infinity/None/NA -> None, numpy scalars -> Python."""
     kind = values.dtype.kind
     if kind == "f":
-        return [None if math.isnan(v) else v for v in values.tolist()]
+        return [v if math.isfinite(v) else None for v in values.tolist()]
     if kind in "iub":
         return values.tolist()
     return [_json_scalar(v) for v in values.tolist()]
@@ -116,7 +117,7 @@ def _json_scalar(value):
         return None
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, frozenset | set):
         return sorted(value, key=repr)
@@ -140,19 +141,25 @@ def request_columns(feature_set: FeatureSet, query: Mapping[str, str]) -> pd.Dat
             continue
         text = query[column]
         dtype = feature_set.schema.get(column)
+        if dtype not in (None, "float64", "int64"):
+            row[column] = text
+            continue
         try:
-            row[column] = float(text) if dtype in (None, "float64", "int64") else text
+            number = float(text)
         except ValueError:
             raise BadRequest(f"query parameter {column!r} must be a number, got {text[:40]!r}") from None
+        if not math.isfinite(number):
+            raise BadRequest(f"query parameter {column!r} must be a finite number, got {text[:40]!r}")
+        row[column] = number
     return pd.DataFrame([row]) if row else pd.DataFrame(index=range(1))
 
 
 def parse_vector_request(body: bytes, limit: int = MAX_VECTOR_ENTITIES) -> list[dict]:
     """The ``{"entities": [{...}, ...]}`` body of ``POST /vectors/{vector}``; malformed -> ``BadRequest``."""
     try:
-        doc = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {str(exc)[:120]}") from None
+        doc = http_json.loads(body or b"null")
+    except http_json.NotStrictJSON as exc:
+        raise BadRequest(str(exc)) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("entities"), list):
         raise BadRequest('request body must be a JSON object {"entities": [{...}, ...]}')
     entities = doc["entities"]
@@ -162,6 +169,35 @@ def parse_vector_request(body: bytes, limit: int = MAX_VECTOR_ENTITIES) -> list[
         if not isinstance(entity, dict):
             raise BadRequest(f"entities[{i}] must be a JSON object, got {type(entity).__name__}")
     return entities
+
+
+_INPUT_TYPES = {
+    "float64": ((int, float), "a number"),
+    "int64": ((int,), "an integer"),
+    "string": ((str,), "a string"),
+    "bool": ((bool,), "true or false"),
+    "timestamp": ((int, str), "epoch ms or an ISO-8601 string"),
+}
+
+
+def check_request_inputs(feature_set: FeatureSet, entities: list[dict]) -> None:
+    """On-read inputs given in request rows (e.g. ``amount``) must fit the schema's type; else ``BadRequest``."""
+    columns = sorted({c for o in feature_set.on_read for c in o.inputs})
+    for i, entity in enumerate(entities):
+        for column in columns:
+            value = entity.get(column)
+            if value is None:
+                continue
+            types, what = _INPUT_TYPES.get(feature_set.schema.get(column, "float64"), ((object,), "a value"))
+            numeric = int in types or float in types
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                shown = str(value)[:40] if not isinstance(value, dict | list) else type(value).__name__
+                raise BadRequest(f"entities[{i}].{column} must be {what}, got {shown!r}")
+            if numeric and isinstance(value, int) and not isinstance(value, bool):
+                try:
+                    float(value)
+                except OverflowError:
+                    raise BadRequest(f"entities[{i}].{column} is out of float64 range") from None
 
 
 def vector_entity_keys(feature_set: FeatureSet, entities: list[dict]) -> list[str]:

@@ -18,9 +18,9 @@ import os
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-from faust.web import View
-
 from aggregations.definitions import Registry
+
+from .strict_view import StrictJSONView as View
 
 DEFAULT_CAPACITY = 1000
 KINDS = ("vector", "feature_set")

@@ -26,7 +26,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
-from faust.web import View
 from yarl import URL
 
 from aggregations.definitions import Registry
@@ -37,6 +36,7 @@ from .metrics import WorkerMetrics
 from .reading import (
     BadRequest,
     FeatureReader,
+    check_request_inputs,
     output_names,
     parse_feature_list,
     parse_vector_request,
@@ -44,6 +44,7 @@ from .reading import (
     vector_entity_keys,
 )
 from .served_sample import ServedSample, register_sample_view
+from .strict_view import StrictJSONView as View
 
 
 @dataclass
@@ -155,6 +156,8 @@ async def _vector_response(app, ctx: ServingContext, view: View, request, vector
         known = ", ".join(sorted(ctx.registry.vectors)) or "none"
         raise _NotFound(f"unknown feature vector {vector_name!r}; known: {known}")
     resolved = vector.resolve(ctx.registry.feature_sets)
+    for set_name in resolved:
+        check_request_inputs(ctx.registry.feature_sets[set_name], entities)
     names = output_names(vector, resolved)
     at = now_ms()
     results: list[dict] = [{"entity": e, "features": {}} for e in entities]

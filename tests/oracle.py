@@ -141,3 +141,15 @@ def tolerance(op, events_in_window):
     if op in ("std",):
         return 1e-6 * scale
     return 0.0
+
+
+def latest_at(events, entity, t, ttl_ms=None):
+    """A plain feature: the value of the entity's latest event with ``t - ttl <= ts < t`` (ties: the later
+    arrival, higher seq); None when there is none. A null value is the answer (None), not skipped."""
+    candidates = [
+        e for e in events if e["key"] == entity and e["ts"] < t and (ttl_ms is None or e["ts"] >= t - ttl_ms)
+    ]
+    if not candidates:
+        return None
+    value = max(candidates, key=lambda e: (e["ts"], e["seq"]))["value"]
+    return None if _is_null(value) else value

@@ -1,7 +1,8 @@
-"""Definitions for tests/integration/test_surface.py: the example's transactions set, plus a set keyed by a
-compound entity (user_id, merchant) whose aggregated column is made by a transform (cents from amount)."""
+"""Definitions for tests/integration/test_surface.py: the example's transactions set, a set keyed by a
+compound entity (user_id, merchant) whose aggregated column is made by a transform (cents from amount), and a
+set of plain features only (profiles)."""
 
-from aggregations import Aggregation, Entity, FeatureSet, FeatureVector, Registry
+from aggregations import Aggregation, Entity, Feature, FeatureSet, FeatureVector, Registry
 from examples.transactions.features import fraud, transactions
 
 
@@ -22,6 +23,16 @@ user_merchant = FeatureSet(
     aggregations=[Aggregation("cents", ["count", "sum", "max"], windows=["1h", "1d"])],
 )
 
-pair = FeatureVector("pair", ["transactions.amount_count_1h", "user_merchant.*"])
+profiles = FeatureSet(
+    name="profiles",
+    entities=[Entity("user_id")],
+    timestamp_key="ts",
+    source="profiles",
+    schema={"user_id": "string", "ts": "timestamp", "country": "string", "age": "int64", "vip": "bool"},
+    features=[Feature("country", ttl="30d"), Feature("age"), Feature("vip", ttl="2h")],
+)
 
-registry = Registry([transactions, user_merchant], [fraud, pair])
+pair = FeatureVector("pair", ["transactions.amount_count_1h", "user_merchant.*"])
+scoring = FeatureVector("scoring", ["transactions.amount_avg_90d", "profiles.country", "profiles.age"])
+
+registry = Registry([transactions, user_merchant, profiles], [fraud, pair, scoring])

@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from aggregations.loading import load_registry
 from featurestream import (
     FeatureConnectionError,
     FeatureRequestError,
+    FeatureServerError,
     FeatureTimeout,
     OnlineClient,
 )
@@ -46,6 +49,7 @@ DEFINITIONS = str(HERE / "surface_definitions.py")
 REGISTRY = load_registry(DEFINITIONS)
 TX = REGISTRY.feature_set("transactions")
 UM = REGISTRY.feature_set("user_merchant")
+PROFILES = REGISTRY.feature_set("profiles")
 USERS = [f"u{i}" for i in range(8)]
 MERCHANTS = ["m1", "m2", "m3"]
 
@@ -78,7 +82,7 @@ def deployment(kafka_bootstrap, tmp_path_factory):
     run_id = uuid.uuid4().hex[:8]
     prefix, app_id = f"sf-{run_id}-", f"fs-sf-{run_id}"
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="featurestream-tests")
-    topics = {name: f"{prefix}{name}" for name in ("transactions", "payments")}
+    topics = {name: f"{prefix}{name}" for name in ("transactions", "payments", "profiles")}
     admin.create_topics(
         {t: {"num_partitions": 3, "replication_factor": 1} for t in topics.values()}, timeout_ms=30_000
     )
@@ -96,6 +100,9 @@ def deployment(kafka_bootstrap, tmp_path_factory):
         value = json.dumps(e).encode()
         producer.send(topics["transactions"], key=e["user_id"].encode(), value=value)
         producer.send(topics["payments"], key=e["user_id"].encode(), value=value)  # not the joined key
+    profile_events = _profile_events(now)
+    for e in profile_events:
+        producer.send(topics["profiles"], key=e["user_id"].encode(), value=json.dumps(e).encode())
     producer.flush(timeout=30)
     producer.close()
     worker.start()
@@ -106,27 +113,82 @@ def deployment(kafka_bootstrap, tmp_path_factory):
         want = sum(e["amount"] is not None for e in events)
         pairs = [{"user_id": u, "merchant": m} for u in USERS for m in MERCHANTS]
         while True:
-            got = client.vector("pair").get(pairs)
+            try:
+                got = client.vector("pair").get(pairs)
+            except FeatureServerError as exc:  # a 500 right after /health is 200: see notes-surface.md
+                assert time.monotonic() < deadline, f"{exc}\n{worker.log_tail()}"
+                time.sleep(0.3)
+                continue
             tx = sum(
                 client.features("transactions", u, ["amount_count_90d"])["amount_count_90d"] for u in USERS
             )
-            if tx == want and sum(r["cents_count_1d"] for r in got) == want:
+            profiles_now = {u: client.features("profiles", u) for u in USERS}
+            t = int(time.time() * 1000)
+            if (
+                tx == want
+                and sum(r["cents_count_1d"] for r in got) == want
+                and all(profiles_now[u] == _expected_profile(profile_events, u, t) for u in USERS)
+            ):
                 break
             assert time.monotonic() < deadline, f"worker not caught up:\n{worker.log_tail()}"
             time.sleep(0.3)
         data = tmp / "data"
-        for name, topic in (("transactions", topics["transactions"]), ("user_merchant", topics["payments"])):
-            done = cli("sink", "--once", "--broker", kafka_bootstrap, "--data-dir", str(data), "--definitions",
-                       DEFINITIONS, "--feature-set", name, "--topic", topic, "--group", f"sink-{run_id}-{name}",
-                       "--flush-seconds", "1")  # fmt: skip
-            assert done.returncode == 0, done.stderr
+        sinks = [("transactions", topics["transactions"]), ("user_merchant", topics["payments"]),
+                 ("profiles", topics["profiles"])]  # fmt: skip
+        for name, topic in sinks:
+            _sink_once(kafka_bootstrap, data, name, topic, f"sink-{run_id}-{name}")
         yield {
             "worker": worker, "client": client, "token": token, "events": events, "data": data,
+            "profile_events": profile_events,
             "prefix": prefix, "app_id": app_id, "run_id": run_id, "bootstrap": kafka_bootstrap, "tmp": tmp,
         }  # fmt: skip
     finally:
         client.close()
         worker.stop()
+
+
+def _sink_once(bootstrap: str, data: Path, name: str, topic: str, group: str) -> None:
+    """``featurestream sink --once`` of one set. A new sink has been seen to consume nothing for minutes on a
+    busy machine (tests/e2e relaunches it too): after 90 s it is stopped and relaunched once, with a warning
+    that carries its log."""
+    args = ["sink", "--once", "--broker", bootstrap, "--data-dir", str(data), "--definitions", DEFINITIONS,
+            "--feature-set", name, "--topic", topic, "--group", group, "--flush-seconds", "1", "-v"]  # fmt: skip
+    try:
+        done = cli(*args, timeout=90)
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stderr or b"")[-2000:]
+        warnings.warn(f"sink of {name} stuck at start, relaunched; its log: {tail!r}", stacklevel=1)
+        done = cli(*args, timeout=180)
+    assert done.returncode == 0, done.stderr
+
+
+def _profile_events(now: int) -> list[dict]:
+    """Per user three events 2.5-3 h old and, for three users in four, three in the last 50 minutes (the
+    vip ttl is 2 h); nulls everywhere, ints beyond 2**53; produced out of order."""
+    rng = np.random.default_rng(11)
+    out = []
+    for i, user in enumerate(USERS):
+        ages = rng.choice(np.arange(9_000_000, 10_800_000, 1000), 3, replace=False).tolist()
+        if i % 4 != 3:
+            ages += rng.choice(np.arange(1000, 3_000_000, 1000), 3, replace=False).tolist()
+        for age in ages:
+            out.append(
+                {
+                    "user_id": user,
+                    "ts": now - int(age),
+                    "country": [None, "fr", "de", "jp"][int(rng.integers(4))],
+                    "age": None if rng.random() < 0.3 else int(rng.integers(2**60)),
+                    "vip": None if rng.random() < 0.3 else bool(rng.random() < 0.5),
+                }
+            )
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def _expected_profile(events, user: str, at: int) -> dict:
+    rows = lambda column: [  # noqa: E731
+        {"key": e["user_id"], "ts": e["ts"], "seq": i, "value": e[column]} for i, e in enumerate(events)
+    ]
+    return {f.name: oracle.latest_at(rows(f.column), user, at, f.ttl_ms) for f in PROFILES.features}
 
 
 def _expected_tx(events, user: str, at: int) -> dict:
@@ -294,3 +356,36 @@ def test_docs_online_blocks_run_against_the_worker(doc, deployment, monkeypatch,
     for i, code in enumerate(blocks):
         exec(compile(code, f"{doc.name}[online block {i}]", "exec"), {"__name__": f"docs_online_{i}"})
     assert "400 feature set 'transactions' has no feature(s) ['amount_avg_7h']" in capsys.readouterr().out
+
+
+def test_plain_features_online_offline_and_verify(deployment):
+    """Plain features served by the worker, computed offline and verified: the oracle's values, ints kept
+    as ints (beyond 2**53), strings as strings, a null in the latest event served as null, ttl respected."""
+    client, events, data = deployment["client"], deployment["profile_events"], deployment["data"]
+    now = int(time.time() * 1000)
+    for user in USERS:
+        got = client.features("profiles", user)
+        assert got == _expected_profile(events, user, now), user
+        assert got["age"] is None or type(got["age"]) is int
+    assert any(client.features("profiles", u)["vip"] is None for u in USERS[3::4])  # only events past the ttl
+    rows = pd.DataFrame({"user_id": USERS, "ts": pd.to_datetime(now, unit="ms", utc=True)})
+    offline = get_offline_features("scoring", rows, data, registry=REGISTRY)
+    assert str(offline["age"].dtype) == "Int64" and pd.api.types.is_string_dtype(offline["country"])
+    for i, user in enumerate(USERS):
+        want = _expected_profile(events, user, now)
+        assert (None if pd.isna(offline["age"].iloc[i]) else int(offline["age"].iloc[i])) == want["age"]
+        assert (None if pd.isna(offline["country"].iloc[i]) else offline["country"].iloc[i]) == want[
+            "country"
+        ]
+    online = client.vector("scoring").get(rows[["user_id"]])
+    assert [r["age"] for r in online] == [_expected_profile(events, u, now)["age"] for u in USERS]
+    d = deployment
+    done = cli(
+        "verify", "--broker", d["bootstrap"], "--data-dir", str(d["data"]), "--url", d["worker"].url,
+        "--definitions", DEFINITIONS, "--app-id", d["app_id"], "--topic-prefix", d["prefix"],
+        "--sink-group", f"sink-{d['run_id']}-profiles", "--feature-set", "profiles",
+        "--auth-token-file", str(d["tmp"] / "token"), "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (report,) = json.loads(done.stdout)["feature_sets"]
+    assert report["compared_entities"] == len(USERS) and set(report["features"]) == {"country", "age", "vip"}

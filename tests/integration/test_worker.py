@@ -318,6 +318,67 @@ def test_entity_ids_are_keys_never_paths_and_requests_are_bounded(run):
     assert status == 400 and "1024 bytes" in body["error"]
 
 
+def strict_json(raw: bytes):
+    """RFC 8259 JSON only: a bare NaN or Infinity fails, as in strict parsers (JavaScript, Go, Java)."""
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
+def raw_http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_answers_are_strict_json_and_bad_requests_are_400_without_a_traceback(run):
+    """An overflowed sum is served as null, never as a bare Infinity; wrong types, non-finite numbers and
+    deeply nested bodies are 400 with a JSON error, and the worker logs no traceback for them."""
+    worker, events = run["worker"], run["events"]
+    user = f"overflow-{uuid.uuid4().hex[:6]}"
+    now = int(time.time() * 1000)
+    events.send([{"user_id": user, "ts": now - 2000, "amount": 1e308}, {"user_id": user, "ts": now - 1000, "amount": 1e308}])
+    worker.wait_consumed(consumed_so_far(run))
+    status, raw = raw_http("GET", f"{worker.url}/features/transactions/{user}")
+    body = strict_json(raw)
+    assert status == 200 and body["features"]["amount_sum_1h"] is None and body["features"]["amount_count_1h"] == 2
+    assert body["features"]["amount_max_1h"] == 1e308
+    payload = json.dumps({"entities": [{"user_id": user, "amount": 5.0}]}).encode()
+    status, raw = raw_http("POST", f"{worker.url}/vectors/fraud", payload)
+    assert status == 200 and strict_json(raw)["results"][0]["features"]["amount_sum_1d"] is None
+    status, raw = raw_http("GET", f"{worker.url}/sample/fraud")
+    assert status == 200 and strict_json(raw)["rows"]
+
+    log_before = worker.log_path.read_text(errors="replace")
+    deep = b'{"entities": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    bad = {
+        b'{"entities": [{"user_id": "u1", "amount": "abc"}]}': "amount must be a number",
+        b'{"entities": [{"user_id": "u1", "amount": [1, 2]}]}': "amount must be a number",
+        b'{"entities": [{"user_id": "u1", "amount": true}]}': "amount must be a number",
+        b'{"entities": [{"user_id": "u1", "amount": NaN}]}': "NaN is not JSON",
+        b'{"entities": [{"user_id": "u1", "amount": Infinity}]}': "Infinity is not JSON",
+        b'{"entities": [{"user_id": "u1", "amount": 1e400}]}': "out of float64 range",
+        b'{"entities": [{"user_id": "u1", "amount": 1' + b"0" * 400 + b'}]}': "out of float64 range",
+        deep: "nested deeper than",
+        b'{"entities": [{"user_id": "u1", "x": ' + b"[" * 40 + b"]" * 40 + b"}]}": "nested deeper than",
+        b"\xff\xfe{": "not UTF-8",
+    }
+    for request, reason in bad.items():
+        status, raw = raw_http("POST", f"{worker.url}/vectors/fraud", request)
+        assert status == 400 and reason in strict_json(raw)["error"], (request[:60], status, raw[:200])
+    for query in ("amount=nan", "amount=inf", "amount=1e400", "amount=abc"):
+        status, raw = raw_http("GET", f"{worker.url}/features/transactions/{user}?{query}")
+        assert status == 400 and "amount" in strict_json(raw)["error"], (query, raw)
+    time.sleep(0.5)
+    logged = worker.log_path.read_text(errors="replace")[len(log_before):]
+    assert "Traceback" not in logged and "Error handling request" not in logged, logged[-3000:]
+
+
 def test_malformed_events_are_dead_lettered_and_the_stream_goes_on(run):
     worker, events, users = run["worker"], run["events"], run["users"]
     user = users[1]

@@ -94,11 +94,11 @@ class Store:
             self.blobs[(w.partition, w.key)] = w.value
 
 
-def worker_state(frame: pd.DataFrame, now: int, store: Store | None = None, batch: int = 500) -> Store:
+def worker_state(frame: pd.DataFrame, now: int, store: Store | None = None, batch: int = 500, fs=TX) -> Store:
     """What the worker's table holds after consuming ``frame``: source batches partition by partition in
     offset order, then the forwarded events as they come back from the ``.by-entity`` topic."""
     store = store or Store()
-    processor = BatchProcessor(TX, "transactions", partitions=PARTITIONS)
+    processor = BatchProcessor(fs, "transactions", partitions=PARTITIONS)
     by_entity: dict[int, list] = {}
     for _, part in frame.groupby("_partition"):
         part_records = records(part.sort_values("_offset"))
@@ -116,14 +116,14 @@ def worker_state(frame: pd.DataFrame, now: int, store: Store | None = None, batc
     return store
 
 
-def assert_same_states(got: dict, want: dict) -> None:
+def assert_same_states(got: dict, want: dict, fs=TX) -> None:
     """The same entities in the same partitions, the same applied offsets and the same feature values
     (float sums summed in another order: within 1e-9 relative)."""
     assert got.keys() == want.keys()
     keys = sorted(want)
-    codec = EntityStateCodec(TX)
+    codec = EntityStateCodec(fs)
     assert [codec.decode_meta(got[k])[0] for k in keys] == [codec.decode_meta(want[k])[0] for k in keys]
-    reader = FeatureReader(TX)
+    reader = FeatureReader(fs)
     for at in (NOW, NOW + 30 * 60_000, NOW + DAY + 1):
         for g, w in zip(reader.read([got[k] for k in keys], at), reader.read([want[k] for k in keys], at), strict=True):
             assert g.keys() == w.keys()
@@ -134,17 +134,17 @@ def assert_same_states(got: dict, want: dict) -> None:
                     assert g[name] == value, name
 
 
-def write_dataset(frame: pd.DataFrame, root) -> None:
+def write_dataset(frame: pd.DataFrame, root, fs=TX) -> None:
     for p, part in frame.groupby("_partition"):
         write_batch(
-            TX, dataset_dir(root, TX.name), int(p), part[["user_id", "ts", "amount"]].reset_index(drop=True),
+            fs, dataset_dir(root, fs.name), int(p), part[["user_id", "ts", "amount"]].reset_index(drop=True),
             part["_offset"].to_numpy(), part["_arrival"].to_numpy(),
         )  # fmt: skip
 
 
-def rebuilt(root, now: int, partitions: int) -> dict[tuple[int, bytes], bytes]:
+def rebuilt(root, now: int, partitions: int, fs=TX) -> dict[tuple[int, bytes], bytes]:
     out = {}
-    for part in rebuild_states(TX, root, now, PARTITIONS, partitions=partitions):
+    for part in rebuild_states(fs, root, now, PARTITIONS, partitions=partitions):
         for s in part.states:
             assert (s.partition, s.key) not in out
             out[(s.partition, s.key)] = s.value
@@ -158,6 +158,24 @@ def test_rebuilt_states_are_the_workers(tmp_path):
     want = worker_state(frame, NOW).blobs
     for partitions in (1, 4):
         assert_same_states(rebuilt(tmp_path, NOW, partitions), want)
+
+
+def test_rebuilt_plain_features_are_the_workers(tmp_path):
+    """A set with plain features (the latest event within a ttl, and without one) besides its windows."""
+    from aggregations import Feature, FeatureSet
+
+    plain = FeatureSet(
+        name="transactions", entities=TX.entities, timestamp_key="ts", source="transactions", schema=TX.schema,
+        aggregations=TX.aggregations, features=[Feature("amount", name="last_amount", ttl="3d"), Feature("ts", name="seen")],
+    )  # fmt: skip
+    frame = history(seed=5)
+    write_dataset(frame, tmp_path, plain)
+    want = worker_state(frame, NOW, fs=plain).blobs
+    assert_same_states(rebuilt(tmp_path, NOW, 3, plain), want, plain)
+    values = FeatureReader(plain).read(list(want.values()), NOW + 1)
+    assert all(v["seen"] is None or type(v["seen"]) is int for v in values) and any(
+        v["last_amount"] for v in values
+    )
 
 
 def test_worker_continues_from_rebuilt_state_as_if_always_on(tmp_path):
