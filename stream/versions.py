@@ -94,11 +94,16 @@ def inspect_versions(
         has_state = current in topics and _holds_records(consumer, current)
         others = sorted(v for v in versions if v != fp)
         status = SetVersion(fs.name, fp, has_state, others, sources[fs.name] in committed)
-        if has_state:
+        previous = [recorded[(fs.name, v)] for v in others if (fs.name, v) in recorded]
+        if has_state and previous:
+            # Judged only when another version ran after this state's last checkpoint: workers of any
+            # release that run this same definition share its state, whatever they record.
             source = sources[fs.name]
             group = {p: o for (t, p), o in offsets.items() if t == source}
-            status.behind = state_behind(newest_checkpoints(consumer, current), group)
-        previous = [recorded[(fs.name, v)] for v in others if (fs.name, v) in recorded]
+            newest = newest_checkpoints(consumer, current)
+            written = max((ts for found in newest.values() if found for ts in [found[1]]), default=None)
+            if written is not None and any(r.get("recorded_ms", 0) > written for r in previous):
+                status.behind = state_behind({p: found and found[0] for p, found in newest.items()}, group)
         if previous:
             newest = max(previous, key=lambda r: r.get("recorded_ms", 0))
             status.changes = definition_changes(newest["definition"], fs.definition())
@@ -190,36 +195,51 @@ def state_behind(checkpoints: Mapping[int, Checkpoint | None], group: Mapping[in
     return out
 
 
-#: How far back from a changelog partition's end to look for its newest checkpoint: a crash can leave at
-#: most one batch of state records (at most ``batch_max`` entities) after it.
-CHECKPOINT_SCAN = 20_000
+#: How far back from a changelog partition's end to look for its newest checkpoint, in growing windows:
+#: normally the last record is one; after a crash at most one batch of state records follows it.
+CHECKPOINT_WINDOWS = (1, 64, 4096, 20_000)
 
 
-def newest_checkpoints(consumer, topic: str, timeout_s: float = 30.0) -> dict[int, Checkpoint | None]:
-    """Per partition of a changelog, its newest checkpoint record (None if none near the end)."""
+def newest_checkpoints(consumer, topic: str, timeout_s: float = 30.0) -> dict[int, tuple[Checkpoint, int] | None]:
+    """Per partition of a changelog, its newest checkpoint record and the record's timestamp (ms); None when
+    none is found near the end in time (the partition is then not judged: an older checkpoint would make a
+    current state look stale)."""
     from kafka.structs import TopicPartition
 
     tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
     if not tps:
         return {}
     begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
-    out: dict[int, Checkpoint | None] = {tp.partition: None for tp in tps}
-    todo = [tp for tp in tps if end[tp] > begin[tp]]
-    if not todo:
-        return out
-    consumer.assign(todo)
-    for tp in todo:
-        consumer.seek(tp, max(begin[tp], end[tp] - CHECKPOINT_SCAN))
     deadline = time.monotonic() + timeout_s
-    pending = set(todo)
-    while pending and time.monotonic() < deadline:
-        for tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
-            for record in records:
-                if record.key == CHECKPOINT_KEY and record.offset < end[tp]:
-                    out[tp.partition] = Checkpoint.decode(record.value)
-        pending = {tp for tp in pending if consumer.position(tp) < end[tp]}
+    out: dict[int, tuple[Checkpoint, int] | None] = {}
+    for tp in tps:
+        out[tp.partition] = None
+        for window in CHECKPOINT_WINDOWS:
+            start = max(begin[tp], end[tp] - window)
+            found = _last_checkpoint(consumer, tp, start, end[tp], deadline)
+            if found is not None or start == begin[tp] or time.monotonic() > deadline:
+                out[tp.partition] = found
+                break
     consumer.unsubscribe()
     return out
+
+
+def _last_checkpoint(consumer, tp, start: int, stop: int, deadline: float) -> tuple[Checkpoint, int] | None:
+    """The last checkpoint record among offsets [start, stop) of ``tp`` and its timestamp; None if none,
+    or if the range could not be read to its end before ``deadline``."""
+    if start >= stop:
+        return None
+    consumer.assign([tp])
+    consumer.seek(tp, start)
+    found = None
+    while consumer.position(tp) < stop:
+        if time.monotonic() > deadline:
+            return None
+        for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+            for record in records:
+                if record.offset < stop and record.key == CHECKPOINT_KEY:
+                    found = (Checkpoint.decode(record.value), int(record.timestamp))
+    return found
 
 
 def _committed_offsets(admin, group: str) -> dict[tuple[str, int], int]:
