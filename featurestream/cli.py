@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     import sinks.cli
     import stream.cli
 
-    from . import describe_cmd, drift_cmd, plan_cmd, preview_cmd, produce, verify_cmd
+    from . import describe_cmd, drift_cmd, ingest_cmd, plan_cmd, preview_cmd, produce, verify_cmd
 
     parser = argparse.ArgumentParser(
         prog="featurestream",
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     shared = options.add  # each command adds the shared options it uses, declared once in options.SHARED
     stream.cli.add_commands(sub, shared)
     sinks.cli.add_commands(sub, shared)
-    for command in (produce, preview_cmd, describe_cmd, drift_cmd, verify_cmd, plan_cmd):
+    for command in (produce, ingest_cmd, preview_cmd, describe_cmd, drift_cmd, verify_cmd, plan_cmd):
         command.add_command(sub, shared)
     return parser
 
