@@ -376,6 +376,8 @@ def run_sink(args) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    if getattr(args, "log_filter", None) is not None:  # the CLI's: Kafka client retries said once in a while
+        args.log_filter.install()
     registry = load_registry(args.definitions)
     names = args.feature_sets or list(registry.feature_sets)
     sets = [registry.feature_set(name) for name in names]
