@@ -13,7 +13,7 @@ from sinks import storage
 
 from . import options
 from .kafka_security import KafkaSecurity
-from .logs import RepeatFilter
+from .logs import RepeatFilter, quiet_numpy_overflow
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         # Kafka TLS/SASL, checked once; commands hand its plain results to stream/ and sinks/.
         args.kafka = KafkaSecurity.from_args(args)
         args.log_filter = RepeatFilter()  # each command installs it once its logging is set up
+        quiet_numpy_overflow()
         storage.configure(endpoint=getattr(args, "s3_endpoint", None), region=getattr(args, "s3_region", None))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -12,9 +12,11 @@ adds it to the root logger's handlers once the command has configured logging.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
+import warnings
 
 CLIENT_LOGGERS = ("aiokafka", "kafka")
 RETRIABLE_COORDINATOR = re.compile(
@@ -64,3 +66,16 @@ class RepeatFilter(logging.Filter):
             if self not in handler.filters:
                 handler.addFilter(self)
 
+
+# A float sum beyond float64 is inf (served as null) and inf - inf is NaN: expected, documented results,
+# which NumPy would also print as RuntimeWarnings in the middle of a command's output.
+NUMPY_OVERFLOW = ("overflow encountered", "invalid value encountered")
+
+
+def quiet_numpy_overflow(environ=os.environ) -> None:
+    """Hide NumPy's overflow warnings in this process and (``PYTHONWARNINGS``) in the processes it starts."""
+    for message in NUMPY_OVERFLOW:
+        warnings.filterwarnings("ignore", message=message, category=RuntimeWarning)
+    current = [w for w in (environ.get("PYTHONWARNINGS") or "").split(",") if w]
+    wanted = [f"ignore:{message}:RuntimeWarning" for message in NUMPY_OVERFLOW]
+    environ["PYTHONWARNINGS"] = ",".join(current + [w for w in wanted if w not in current])

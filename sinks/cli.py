@@ -177,7 +177,7 @@ def add_maintenance_commands(subparsers, shared) -> None:
     )
     b.add_argument("--sink-group", help="the live sink's consumer group (default <app-id>-sink-<set>)")
     b.add_argument("--flush-events", type=int, default=200_000, help="events per write (default 200000)")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--no-progress", action="store_true", help="no progress (a bar on a terminal, else a line every 10 s)")
     b.set_defaults(func=run_backfill)
 
     r = subparsers.add_parser(
@@ -229,7 +229,7 @@ def add_maintenance_commands(subparsers, shared) -> None:
     s.add_argument(
         "--partitions", type=int, help="entity-hash partitions of the work (default: from the data size)"
     )
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-progress", action="store_true", help="no progress (a bar on a terminal, else a line every 10 s)")
     add_engine_arguments(s)
     s.set_defaults(func=run_bootstrap)
 
@@ -464,7 +464,7 @@ def run_training_set(args) -> int:
     spark = _spark(args)
     options = dict(
         registry=registry, timestamp_column=timestamp_column, partitions=args.partitions, out=out,
-        as_known_at=args.as_known_at, progress=sys.stderr.isatty(), workers=args.workers,
+        as_known_at=args.as_known_at, progress=True, workers=args.workers,
         engine=args.engine, spark=spark,
     )  # fmt: skip
     if args.name:
@@ -542,7 +542,7 @@ def run_datasets(args) -> int:
     try:
         frame, manifest = ts.rebuild(
             args.data_dir, args.dataset, args.version, registry=registry, workers=args.workers,
-            progress=sys.stderr.isatty(),
+            progress=True,
         )  # fmt: skip
     except ts.RebuildRefused as exc:
         print(f"featurestream datasets rebuild: refused: {exc}", file=sys.stderr)
