@@ -448,7 +448,7 @@ def run_training_set(args) -> int:
     used = [registry.feature_set(s) for s in vector.resolve(registry.feature_sets)]
     snapshot = snapshot_offsets(capture_snapshot(used, args.data_dir))  # rows and features: the same data
     if args.rows:
-        rows = pd.read_parquet(args.rows) if args.rows.endswith(".parquet") else pd.read_csv(args.rows)
+        rows = read_rows(args.rows)
         timestamp_column = args.timestamp_column
         rows_source = f"file {args.rows}"
     else:
@@ -483,6 +483,17 @@ def run_training_set(args) -> int:
             f"{args.name} v{manifest['version']}: {len(result)} rows, {len(result.columns)} columns -> {where}"
         )
     return 0
+
+
+def read_rows(path: str) -> pd.DataFrame:
+    """The query rows of a training set (Parquet or CSV), or a one-line error that says what they are."""
+    if "://" not in path and not Path(path).is_file():
+        raise FileNotFoundError(
+            f"--rows {path}: no such file; hint: the rows are a Parquet or CSV file with the entity column(s), "
+            "the timestamp column (--timestamp-column, default ts) and any label columns (docs/tutorial.md, "
+            "step 5, makes one); without --rows, the rows are the stored events"
+        )
+    return pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
 
 
 def add_datasets_command(subparsers, shared) -> None:

@@ -176,3 +176,11 @@ def test_the_starting_line_says_where_the_worker_listens():
         "worker w1 starting: app id 'fraud', broker kafka:9092, feature sets transactions; HTTP on 0.0.0.0:6066 "
         "(advertised as http://w1:6066); /health answers 200 once ready"
     )
+
+
+def test_a_missing_labels_file_says_what_the_rows_are(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["training-set", "--vector", "fraud", "--rows", "labels.parquet", "--out", "t.parquet"]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("featurestream training-set: error: --rows labels.parquet: no such file; hint: the rows")
+    assert "entity column" in err and "tutorial" in err
