@@ -72,7 +72,7 @@ def is_ready(app) -> bool:
 def register_views(app, ctx: ServingContext) -> None:
     """Add the featurestream routes to a Faust app (per-set routes before the catch-all)."""
     install_http_metrics(app, ctx.metrics)
-    register_sample_view(app, ctx.registry, ctx.extra.setdefault("served_sample", ServedSample()))
+    register_sample_view(app, ctx.registry, ctx.extra.setdefault("served_sample", ServedSample()), ctx.worker_id)
     for name in ctx.registry.feature_sets:
         _register_feature_set_view(app, ctx, name)
 
