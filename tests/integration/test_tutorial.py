@@ -75,6 +75,7 @@ def test_the_tutorial_runs_end_to_end(kafka_bootstrap, tmp_path, monkeypatch):
     from sinks import read_events
 
     stored = read_events(tx, "data")
-    assert len(stored) == PRODUCED
     assert not stored.duplicated(["_partition", "_offset"]).any()
+    assert stored["user_id"].str.fullmatch(r"u\d{5}").sum() == PRODUCED  # the sample events, each once
+    assert not stored.duplicated(["user_id", "ts", "amount"]).any()
     assert pd.read_parquet("train.parquet").shape[0] == 2000

@@ -30,6 +30,7 @@ EXPECTED = {
     "produce": {"definitions", "broker", "topic_prefix", "kafka"},
     "preview": {"definitions"},
     "datasets": {"definitions", "data_dir"},
+    "ingest": {"definitions", "broker", "data_dir", "topic_prefix", "kafka"},
     "describe": {"definitions", "data_dir"},
     "drift": {"definitions", "urls", "auth"},
     "verify": {"definitions", "broker", "data_dir", "url", "app_id", "topic_prefix", "auth", "kafka"},
