@@ -8,11 +8,12 @@ KAFKA := deploy/kafka
 # python3.11 if it really runs (a pyenv shim may exist without the version), else python3.
 PYTHON ?= $(shell for p in python3.11 python3; do $$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: help venv kafka-fetch kafka-start kafka-stop lint test faults-long peers demo clean
+.PHONY: help venv kafka-fetch promtool-fetch kafka-start kafka-stop lint test faults-long peers demo clean
 
 help:
 	@echo "make venv         create $(VENV) from requirements.lock and install the package (editable, --no-deps)"
 	@echo "make kafka-fetch  fetch the Kafka 3.9.1 jars from Maven Central into \$${FEATURESTREAM_CACHE:-~/.cache/featurestream}"
+	@echo "make promtool-fetch  fetch promtool (Debian package prometheus) for the Prometheus config test"
 	@echo "make kafka-start  start a local KRaft broker on 127.0.0.1:\$${KAFKA_PORT:-9092} (data in .run/)"
 	@echo "make kafka-stop   stop it (KAFKA_PORT as for start)"
 	@echo "make lint         ruff + import-linter contracts"
@@ -35,6 +36,10 @@ $(STAMP): requirements.lock pyproject.toml
 kafka-fetch:
 	$(KAFKA)/fetch.sh >/dev/null
 
+# Best effort: the Prometheus config test skips (and says so) without promtool.
+promtool-fetch:
+	-@deploy/prometheus/fetch-promtool.sh >/dev/null
+
 kafka-start:
 	$(KAFKA)/start.sh
 
@@ -47,7 +52,7 @@ lint: venv
 
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass. Each test has its own
 # timeout (pyproject); the whole run is capped at 40 minutes so a hang can never eat CI's budget.
-test: venv kafka-fetch
+test: venv kafka-fetch promtool-fetch
 	$(MAKE) --no-print-directory lint
 	@rc=0; timeout -s TERM 2400 $(VENV)/bin/pytest -q --durations=10 tests || rc=$$?; \
 	if [ $$rc -eq 124 ]; then echo "error: the test run exceeded 40 minutes" >&2; fi; \

@@ -371,6 +371,16 @@ class FeatureSet:
         """A stable hash of ``definition()``: the version of the set's online state."""
         return hashlib.sha256(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()[:16]
 
+    def ingest(self, data, **options):
+        """Batch ingestion of a DataFrame or Parquet/CSV file(s): ``featurestream.ingest(self, data, **options)``.
+
+        The writing (Kafka, files) lives in the ``featurestream`` package, loaded by name here so that
+        declarations stay free of I/O imports.
+        """
+        from importlib import import_module
+
+        return import_module("featurestream.ingest").ingest(self, data, **options)
+
     def preview(self, events: pd.DataFrame, at: pd.DataFrame | None = None) -> pd.DataFrame:
         """Features computed in memory: per event as of its own timestamp, or at the given rows."""
         from .preview import preview

@@ -96,7 +96,21 @@ class Binning:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.4g}"
+    return format_number(x)
+
+
+def format_number(x: float) -> str:
+    """One format for every number a drift report shows: 4 significant digits (more for whole numbers up to a
+    billion), no exponent from 0.001 to a billion: ``12346``, ``45.6``, ``0.01235``; else ``1.000e+12``."""
+    x = float(x)
+    if not np.isfinite(x) or x == 0:
+        return "0" if x == 0 else str(x)
+    magnitude = int(np.floor(np.log10(abs(x))))
+    if not -3 <= magnitude < 9:
+        return f"{x:.3e}"
+    digits = max(0, 3 - magnitude)
+    text = f"{x:.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _key(value):

@@ -60,6 +60,15 @@ def value_of(key: str):
     return json.loads(body)
 
 
+def _order(value) -> tuple:
+    """Sort key of a value among values of one column: numbers by value, strings by code point, else by key."""
+    if isinstance(value, float):
+        return (0, value, "")
+    if isinstance(value, str):
+        return (1, 0.0, value)
+    return (2, 0.0, key_of(value))
+
+
 def _objects(items, count: int = -1) -> np.ndarray:
     """An object array holding ``items`` one per element (never broadcasting lists or tuples)."""
     return np.fromiter(items, dtype=object, count=count)
@@ -203,7 +212,7 @@ class FrequentField(_BoundedField):
             return None
         sketch = ds.frequent_strings_sketch.deserialize(element)
         items = [(value_of(key), int(estimate)) for key, estimate, _lo, _hi in sketch.get_frequent_items(_NO_FALSE_NEGATIVES, 0)]
-        items.sort(key=lambda item: (-item[1], item[0]))
+        items.sort(key=lambda item: (-item[1], _order(item[0])))
         return [{"value": value, "count": count} for value, count in items[:k]]
 
     def max_error(self, element: bytes | None) -> float:

@@ -3,13 +3,16 @@
 # the sink, sample events, an online read, a training set and a parity check, and stops the
 # broker on exit (also on Ctrl-C or a failing step).
 #
-#   FEATURESTREAM_DEMO_PORT  broker port (default 9092; the KRaft controller uses the next port)
+#   FEATURESTREAM_DEMO_PORT      broker port (default 9092; the KRaft controller uses the next port)
+#   FEATURESTREAM_DEMO_WEB_PORT  the worker's HTTP port (default 6066)
+#   FEATURESTREAM_DEMO_EVENTS    sample events to produce (default 20000)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 PORT="${FEATURESTREAM_DEMO_PORT:-9092}"
+WEB_PORT="${FEATURESTREAM_DEMO_WEB_PORT:-6066}"
 BROKER="127.0.0.1:$PORT"
 DEMO_DATA_DIR="$ROOT/.run/demo"
 export PATH="$ROOT/.venv/bin:$PATH"
@@ -26,6 +29,11 @@ if port_open "$PORT"; then
         "port: FEATURESTREAM_DEMO_PORT=19092 make demo" >&2
     exit 1
 fi
+if port_open "$WEB_PORT"; then
+    echo "[demo] error: the worker's web port $WEB_PORT is taken (another worker?). Stop it or pick another" \
+        "port: FEATURESTREAM_DEMO_WEB_PORT=16066 make demo" >&2
+    exit 1
+fi
 stop_kafka() { "$ROOT/deploy/kafka/stop.sh" --port "$PORT" --data-dir "$KAFKA_DEMO_DIR" --wipe || true; }
 trap stop_kafka EXIT
 rm -rf "$KAFKA_DEMO_DIR"
@@ -33,7 +41,6 @@ rm -rf "$KAFKA_DEMO_DIR"
 
 # --- demo steps ---
 # Worker and sink state live under .run/demo and are wiped first, so every demo starts from scratch.
-WEB_PORT="${FEATURESTREAM_DEMO_WEB_PORT:-6066}"
 EVENTS="${FEATURESTREAM_DEMO_EVENTS:-20000}"
 export FEATURESTREAM_BROKER="$BROKER"
 export FEATURESTREAM_DATA_DIR="$DEMO_DATA_DIR/parquet"
@@ -42,27 +49,36 @@ mkdir -p "$DEMO_DATA_DIR"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1. worker: Faust agent + RocksDB tables + HTTP views on :$WEB_PORT (log: $DEMO_DATA_DIR/worker.log)"
-featurestream worker --state-dir "$DEMO_DATA_DIR/state" --web-port "$WEB_PORT" >"$DEMO_DATA_DIR/worker.log" 2>&1 &
+WORKER_ID="demo-$$"
+featurestream worker --state-dir "$DEMO_DATA_DIR/state" --web-port "$WEB_PORT" --worker-id "$WORKER_ID" \
+    >"$DEMO_DATA_DIR/worker.log" 2>&1 &
 WORKER_PID=$!
 cleanup_demo() {
     kill "$WORKER_PID" 2>/dev/null && wait "$WORKER_PID" 2>/dev/null || true
     stop_kafka
 }
 trap cleanup_demo EXIT
-python - "$WEB_PORT" <<'PY'
-import sys, time, urllib.request
+python - "$WEB_PORT" "$WORKER_PID" "$WORKER_ID" "$DEMO_DATA_DIR/worker.log" <<'PY'
+import json, os, sys, time, urllib.request
+port, pid, worker_id, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 deadline = time.time() + 120
 while True:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=2) as r:
-            if r.status == 200:
+        os.kill(pid, 0)
+    except OSError:  # the worker exited: say why, never read whatever else answers on the port
+        tail = open(log).read().strip().splitlines()[-5:]
+        sys.exit("[demo] error: the worker exited; the end of its log:\n  " + "\n  ".join(tail))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            body = json.load(r)
+            if r.status == 200 and body.get("worker") == worker_id:
                 break
     except Exception:
         pass
     if time.time() > deadline:
-        sys.exit("worker did not become healthy within 120 s; see the worker log")
+        sys.exit(f"[demo] error: the worker did not become healthy within 120 s; see {log}")
     time.sleep(0.5)
-print("worker is up")
+print(f"worker is up: http://127.0.0.1:{port} ({worker_id})")
 PY
 
 step "2. produce $EVENTS sample payments (500 users, last 2 days) to topic 'transactions'"

@@ -1,5 +1,5 @@
 """featurestream: the command line, the glue between stream/ (online) and sinks/ (offline), and the
-Python online client (``from featurestream import OnlineClient``)."""
+Python online client (``from featurestream import OnlineClient``) and batch ingestion (``featurestream.ingest``)."""
 
 from .client import (
     FeatureClientError,
@@ -10,6 +10,7 @@ from .client import (
     OnlineClient,
     OnlineVector,
 )
+from .ingest import IngestResult, ingest
 
 __version__ = "0.1.0"
 
@@ -19,7 +20,9 @@ __all__ = [
     "FeatureRequestError",
     "FeatureServerError",
     "FeatureTimeout",
+    "IngestResult",
     "OnlineClient",
     "OnlineVector",
     "__version__",
+    "ingest",
 ]

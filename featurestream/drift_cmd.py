@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -89,14 +90,20 @@ def resolve_target(registry: Registry, vector: str | None, feature_set: str | No
     return Target("feature_set", feature_set, registry.feature_set(feature_set).feature_names())
 
 
-def fetch_sample(urls: list[str], target: Target, timeout: float, headers: dict | None = None) -> pd.DataFrame:
-    """The rows served lately by each worker, pooled; one-line errors for unreachable workers."""
+def fetch_sample(
+    urls: list[str], target: Target, timeout: float, headers: dict | None = None
+) -> tuple[pd.DataFrame, str]:
+    """The rows served lately by each worker, pooled, and where they come from in words; one-line errors for
+    unreachable workers."""
     rows: list[dict] = []
+    sources: list[str] = []
     for base in urls:
         url = f"{base.rstrip('/')}/sample/{urllib.parse.quote(target.name, safe='')}?kind={target.kind}"
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
-                rows.extend(json.loads(response.read())["rows"])
+                answer = json.loads(response.read())
+                rows.extend(answer["rows"])
+                sources.append(f"worker {answer.get('worker') or '?'} at {base} ({len(answer['rows'])} rows)")
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")
             raise ValueError(f"HTTP {exc.code} from {url}: {detail}") from None
@@ -105,7 +112,7 @@ def fetch_sample(urls: list[str], target: Target, timeout: float, headers: dict 
                 f"cannot reach the worker at {base}: {getattr(exc, 'reason', exc)}; hint: start "
                 "`featurestream worker`, pass --url, or compare a file with --current"
             ) from None
-    return pd.DataFrame.from_records(rows)
+    return pd.DataFrame.from_records(rows), "served lately by " + ", ".join(sources)
 
 
 def choose_features(target: Target, wanted: str | None, reference: pd.DataFrame, current: pd.DataFrame) -> list[str]:
@@ -125,12 +132,15 @@ def choose_features(target: Target, wanted: str | None, reference: pd.DataFrame,
     return chosen
 
 
-def compare(args, target: Target, reference: pd.DataFrame) -> tuple[list[FeatureDrift], int]:
-    """One comparison; returns the results and the number of current rows."""
+def compare(args, target: Target, reference: pd.DataFrame) -> tuple[list[FeatureDrift], int, str]:
+    """One comparison; returns the results, the number of current rows and where they come from."""
     urls = args.url or [os.environ.get("FEATURESTREAM_URL", DEFAULT_URL)]
-    current = load_file(args.current) if args.current else fetch_sample(
-        urls, target, args.timeout, client_headers(resolve_token(getattr(args, "auth_token_file", None)))
-    )
+    if args.current:
+        current, source = load_file(args.current), f"from {args.current}"
+    else:
+        current, source = fetch_sample(
+            urls, target, args.timeout, client_headers(resolve_token(getattr(args, "auth_token_file", None)))
+        )
     features = choose_features(target, args.features, reference, current)
     if len(current) < args.min_rows:
         source = args.current or f"the workers' sample of {target.name!r}"
@@ -145,7 +155,7 @@ def compare(args, target: Target, reference: pd.DataFrame) -> tuple[list[Feature
         reference[features], current[features], features,
         bins=args.bins, psi_threshold=args.psi_threshold, hellinger_threshold=args.hellinger_threshold,
     )  # fmt: skip
-    return results, len(current)
+    return results, len(current), source
 
 
 def format_results(target: Target, results: list[FeatureDrift], reference_rows: int, current_rows: int) -> str:
@@ -165,18 +175,26 @@ def format_results(target: Target, results: list[FeatureDrift], reference_rows: 
     return "\n".join(lines)
 
 
-def report(args, target: Target, results: list[FeatureDrift], reference_rows: int, current_rows: int) -> None:
+def report(
+    args, target: Target, results: list[FeatureDrift], reference_rows: int, current_rows: int, source: str = ""
+) -> None:
+    made_at = datetime.now(UTC)
     if args.json:
-        print(json.dumps({"kind": target.kind, "name": target.name, "reference_rows": reference_rows,
+        print(json.dumps({"kind": target.kind, "name": target.name, "made_at": made_at.isoformat(timespec="seconds"),
+                          "reference": args.reference, "reference_rows": reference_rows, "current": source,
                           "current_rows": current_rows, "features": [d.to_dict() for d in results]}, indent=1))
     else:
         print(format_results(target, results, reference_rows, current_rows), flush=True)
+        print(f"reference: {args.reference}; current: {source}", flush=True)
     if args.html:
         from .drift_report import render_html
 
         title = f"Drift of {target.kind.replace('_', ' ')} {target.name}"
         temp = Path(args.html).with_name(f".{Path(args.html).name}.tmp")
-        temp.write_text(render_html(title, results, reference_rows, current_rows))
+        temp.write_text(
+            render_html(title, results, reference_rows, current_rows, reference=args.reference, current=source,
+                        made_at=made_at)
+        )
         os.replace(temp, args.html)
 
 
@@ -197,8 +215,8 @@ def run(args) -> int:
     target = resolve_target(registry, args.vector, args.feature_set)
     reference = load_file(args.reference)
     if args.every is None:
-        results, current_rows = compare(args, target, reference)
-        report(args, target, results, len(reference), current_rows)
+        results, current_rows, source = compare(args, target, reference)
+        report(args, target, results, len(reference), current_rows, source)
         return 1 if any(d.drifted for d in results) else 0
     return monitor(args, target, reference)
 
@@ -219,9 +237,9 @@ def monitor(args, target: Target, reference: pd.DataFrame) -> int:
     while True:
         started = time.monotonic()
         try:
-            results, current_rows = compare(args, target, reference)
+            results, current_rows, source = compare(args, target, reference)
             metrics.update(target.name, results, args.psi_threshold, args.hellinger_threshold)
-            report(args, target, results, len(reference), current_rows)
+            report(args, target, results, len(reference), current_rows, source)
         except (KeyError, ValueError, OSError) as exc:
             metrics.errors.labels(target.name).inc()
             print(f"featurestream drift: error: {exc}", file=sys.stderr, flush=True)

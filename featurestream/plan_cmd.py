@@ -69,15 +69,22 @@ def run(args) -> int:
         print()
     else:
         for s in statuses:
-            print(f"{s.name}  definition {s.fingerprint}")
-            print(
-                f"  deployed versions: {', '.join(s.other_versions) or 'none'}; state for this one: "
-                f"{'yes' if s.has_state else 'no'}; group {args.app_id} consumed the source: "
-                f"{'yes' if s.group_committed else 'no'}"
-            )
-            for partition, (state, group) in sorted(s.behind.items()):
-                print(f"  state behind the group: source partition {partition} at {state}, group at {group}")
-            for change in s.changes:
-                print(f"  change: {change}")
-            print(f"  -> {s.action}")
+            print("\n".join(describe(s, args.app_id)))
     return 1 if args.check and any(s.blocked for s in statuses) else 0
+
+
+def describe(s, app_id: str) -> list[str]:
+    """A set's version status in words (``stream.versions.SetVersion``)."""
+    others = ", ".join(s.other_versions)
+    return [
+        f"{s.name}: definition {s.fingerprint}",
+        "  online state of this definition: "
+        + ("built (its changelog topic holds records)" if s.has_state else "none yet"),
+        "  other definitions of this set with online state: "
+        + (f"{others} (kept, not read by this one)" if others else "none"),
+        f"  worker group {app_id!r} has consumed the source topic: " + ("yes" if s.group_committed else "not yet"),
+        *(f"  state behind the group: source partition {p} at offset {state}, group at {group}"
+          for p, (state, group) in sorted(s.behind.items())),
+        *(f"  change from the last deployed definition: {change}" for change in s.changes),
+        f"  -> {s.action}",
+    ]

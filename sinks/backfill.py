@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from aggregations import FeatureSet
 from aggregations.retry import Retrying, retrying
 
 from .parquet_sink import ParquetSink, _Buffer, default_group
+from .progress import progress_bar
 from .writer import claim_source, remove_temps, write_text_atomic, written_offsets
 
 log = logging.getLogger(__name__)
@@ -137,11 +137,7 @@ def backfill(
         todo = {p: (first[p], stop[p]) for p in ids if first.get(p, 0) < stop.get(p, 0)}
         total = sum(b - a for a, b in todo.values())
         log.info("backfill %s: topic %r, %d records in %d partitions", fs.name, topic, total, len(todo))
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, unit="ev", unit_scale=True, desc=f"backfill {fs.name}", file=sys.stderr)
+        bar = progress_bar(total, "event", f"backfill {fs.name}") if progress else None
         known = {}
         for p, (a, _b) in todo.items():
             remove_temps(root, p)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from .dataset import count_events
 from .layout import dataset_dir, source_path
 from .online_state import rebuild_states
 from .parquet_sink import default_group
+from .progress import progress_bar
 from .snapshot import live_parts, reading
 
 
@@ -93,7 +93,6 @@ def bootstrap(
     from the data size). ``client_config``: extra kafka-python arguments (TLS/SASL). Raises ``BootstrapRefused`` (nothing written) when a check fails and not ``force``.
     """
     from kafka import KafkaAdminClient, KafkaProducer
-    from tqdm import tqdm
 
     started = time.monotonic()
     now = int(time.time() * 1000) if now is None else int(now)
@@ -134,8 +133,7 @@ def bootstrap(
     finally:
         admin.close()
 
-    bar = tqdm(total=count_events(fs, store), unit="event", unit_scale=True, desc=f"bootstrap {fs.name}",
-               disable=not progress, file=sys.stderr, leave=False)  # fmt: skip
+    bar = progress_bar(count_events(fs, store), "event", f"bootstrap {fs.name}", enabled=progress)
     producer = KafkaProducer(
         bootstrap_servers=servers, acks="all", linger_ms=50, batch_size=1 << 20,
         max_request_size=16 << 20, client_id="featurestream-bootstrap", **security,

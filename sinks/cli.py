@@ -177,7 +177,7 @@ def add_maintenance_commands(subparsers, shared) -> None:
     )
     b.add_argument("--sink-group", help="the live sink's consumer group (default <app-id>-sink-<set>)")
     b.add_argument("--flush-events", type=int, default=200_000, help="events per write (default 200000)")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--no-progress", action="store_true", help="no progress (a bar on a terminal, else a line every 10 s)")
     b.set_defaults(func=run_backfill)
 
     r = subparsers.add_parser(
@@ -230,7 +230,7 @@ def add_maintenance_commands(subparsers, shared) -> None:
     s.add_argument(
         "--partitions", type=int, help="entity-hash partitions of the work (default: from the data size)"
     )
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-progress", action="store_true", help="no progress (a bar on a terminal, else a line every 10 s)")
     add_engine_arguments(s)
     s.set_defaults(func=run_bootstrap)
 
@@ -377,6 +377,8 @@ def run_sink(args) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    if getattr(args, "log_filter", None) is not None:  # the CLI's: Kafka client retries said once in a while
+        args.log_filter.install()
     registry = load_registry(args.definitions)
     names = args.feature_sets or list(registry.feature_sets)
     sets = [registry.feature_set(name) for name in names]
@@ -447,7 +449,7 @@ def run_training_set(args) -> int:
     used = [registry.feature_set(s) for s in vector.resolve(registry.feature_sets)]
     snapshot = snapshot_offsets(capture_snapshot(used, args.data_dir))  # rows and features: the same data
     if args.rows:
-        rows = pd.read_parquet(args.rows) if args.rows.endswith(".parquet") else pd.read_csv(args.rows)
+        rows = read_rows(args.rows)
         timestamp_column = args.timestamp_column
         rows_source = f"file {args.rows}"
     else:
@@ -463,7 +465,7 @@ def run_training_set(args) -> int:
     spark = _spark(args)
     options = dict(
         registry=registry, timestamp_column=timestamp_column, partitions=args.partitions, out=out,
-        as_known_at=args.as_known_at, progress=sys.stderr.isatty(), workers=args.workers,
+        as_known_at=args.as_known_at, progress=True, workers=args.workers,
         engine=args.engine, spark=spark,
     )  # fmt: skip
     if args.name:
@@ -482,6 +484,17 @@ def run_training_set(args) -> int:
             f"{args.name} v{manifest['version']}: {len(result)} rows, {len(result.columns)} columns -> {where}"
         )
     return 0
+
+
+def read_rows(path: str) -> pd.DataFrame:
+    """The query rows of a training set (Parquet or CSV), or a one-line error that says what they are."""
+    if "://" not in path and not Path(path).is_file():
+        raise FileNotFoundError(
+            f"--rows {path}: no such file; hint: the rows are a Parquet or CSV file with the entity column(s), "
+            "the timestamp column (--timestamp-column, default ts) and any label columns (docs/tutorial.md, "
+            "step 5, makes one); without --rows, the rows are the stored events"
+        )
+    return pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
 
 
 def add_datasets_command(subparsers, shared) -> None:
@@ -541,7 +554,7 @@ def run_datasets(args) -> int:
     try:
         frame, manifest = ts.rebuild(
             args.data_dir, args.dataset, args.version, registry=registry, workers=args.workers,
-            progress=sys.stderr.isatty(),
+            progress=True,
         )  # fmt: skip
     except ts.RebuildRefused as exc:
         print(f"featurestream datasets rebuild: refused: {exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from aggregations import FeatureSet
 
 from .layout import PartFile, dataset_dir, part_name
+from .progress import progress_bar
 from .records import arrow_schema
 from .snapshot import (
     STAGED_PREFIX,
@@ -60,11 +61,30 @@ class CompactStats:
     bytes_in: int = 0
     bytes_out: int = 0
     seconds: float = 0.0
+    files_seen: int = 0  # live data files of the dataset
+    small: int = 0  # of them, under half the target size (the merge candidates)
+    target_bytes: int = DEFAULT_TARGET_BYTES
+    min_files: int = 2
+    dataset: str = ""
 
     def summary(self) -> str:
+        if self.files_in == 0:
+            return self.nothing_to_do()
         return (
             f"{self.files_in} files ({self.bytes_in / 1e6:.1f} MB) -> {self.files_out} files "
             f"({self.bytes_out / 1e6:.1f} MB), {self.rows} events, {self.seconds:.1f}s"
+        )
+
+    def nothing_to_do(self) -> str:
+        """Why nothing was merged, in words."""
+        if self.files_seen == 0:
+            return f"nothing to compact: no data files under {self.dataset} (has the sink written any?)"
+        files = f"{self.files_seen} file{'s' if self.files_seen != 1 else ''}"
+        target_mb = self.target_bytes / (1 << 20)
+        return (
+            f"nothing to merge: {files}, {self.small} of them under {target_mb / 2:g} MB (half of --target-mb "
+            f"{target_mb:g}); a merge needs at least {max(2, self.min_files)} such files of one date and Kafka "
+            "partition"
         )
 
 
@@ -110,7 +130,7 @@ def compact(
         raise ValueError(f"target_bytes must be >= 1, got {target_bytes}")
     step = step or (lambda name: None)
     root = dataset_dir(store, fs.name)
-    stats = CompactStats()
+    stats = CompactStats(target_bytes=target_bytes, min_files=min_files, dataset=str(root))
     started = time.monotonic()
     if not root.is_dir():
         return stats
@@ -121,17 +141,13 @@ def compact(
             busy = involved(root)
             parts = [p for p in parts if p.path.relative_to(root).as_posix() not in busy]
         bins = plan(parts, target_bytes, min_files)
-        bar = None
-        if progress and bins:
-            from tqdm import tqdm
-
-            bar = tqdm(total=sum(len(b) for b in bins), unit="file", desc=f"compact {fs.name}")
+        stats.files_seen = len(parts)
+        stats.small = sum(p.path.stat().st_size < target_bytes // 2 for p in parts)
+        bar = progress_bar(sum(len(b) for b in bins), "file", f"compact {fs.name}", enabled=progress and bool(bins))
         for inputs in bins:
             _compact_bin(root, schema, _sort_keys(fs), inputs, stats, step)
-            if bar is not None:
-                bar.update(len(inputs))
-        if bar is not None:
-            bar.close()
+            bar.update(len(inputs))
+        bar.close()
     stats.seconds = time.monotonic() - started
     return stats
 

@@ -32,6 +32,7 @@ from aggregations.schema import entity_keys, to_epoch_ms
 from .dataset import PartitionedEvents, count_events, entity_partitions
 from .known_at import known_at
 from .parallel import portable, run_partitions
+from .progress import progress_bar
 from .records import table_to_frame
 from .storage import open_location
 from .writer import write_parquet_atomic
@@ -97,7 +98,7 @@ def get_offline_features(
     Returns ``rows``' columns (same index and order) followed by the features, named as in the vector,
     or ``set.feature`` where two sets (or a row column) share a name. ``partitions``: entity-hash
     partitions (default: from the data size). ``as_known_at``: use only events that had arrived by
-    each row's t. ``out``: also write the result to this Parquet file. ``progress``: a tqdm bar.
+    each row's t. ``out``: also write the result to this Parquet file. ``progress``: a bar on a terminal, lines otherwise (``sinks.progress``).
     ``workers``: partitions computed in parallel by that many worker processes (default 1: in process).
 
     Versioned training sets: ``name`` also writes the result as a new version under
@@ -381,6 +382,4 @@ def _partition_features(task: _SetTask, events: pd.DataFrame, keys, ts, as_known
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="partition", desc="training set", disable=not enabled, leave=False)
+    return progress_bar(total, "partition", "training set", enabled=enabled)

@@ -25,6 +25,7 @@ from . import auth, faust_fixes, recovery_guard
 from .agent import DEFAULT_BATCH_MAX, FeatureSetAgent
 from .metrics import WorkerMetrics
 from .reading import FeatureReader
+from .status import WorkerStatus
 from .topics import DEFAULT_PARTITIONS, SetTopics, bootstrap_servers, resolve_topics
 from .versions import guard_versions
 from .views import ServingContext, register_views
@@ -133,8 +134,12 @@ def create_app(
         tables[fs.name] = table
         readers[fs.name] = FeatureReader(fs)
         agents[fs.name] = FeatureSetAgent(app, fs, t, table, metrics, max_future, batch_max=batch_max)
+    status = WorkerStatus(
+        worker_id, app_id, bootstrap_servers(broker), str(app.conf.canonical_url),
+        bind=f"{web_bind or web_host}:{int(web_port)}", session_timeout_s=session_timeout_s,
+    )  # fmt: skip
     ctx = ServingContext(
-        registry, tables, readers, metrics, worker_id, extra={"agents": agents, "topics": topics}
+        registry, tables, readers, metrics, worker_id, extra={"agents": agents, "topics": topics, "status": status}
     )
     register_views(app, ctx)
     auth.install(app, auth_token)  # inside the HTTP metrics middleware: refused requests are counted

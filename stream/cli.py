@@ -118,13 +118,14 @@ def add_commands(subparsers, shared) -> None:
 
 def run_worker(args: argparse.Namespace) -> int:
     """Build the app from the definitions and run the Faust worker until SIGTERM/SIGINT."""
-    import faust
-
     from aggregations.loading import load_registry
 
     from .app import create_app
+    from .status import StatusWorker
+    from .views import is_ready
 
     parse_duration(args.max_future)  # a malformed bound fails here, with a clear message
+    check_web_port(args.web_bind or args.web_host, args.web_port)  # before any Kafka work: fail fast
     auth_token = resolve_token(getattr(args, "auth_token_file", None))
     kafka = getattr(args, "kafka", None)  # featurestream.kafka_security.KafkaSecurity (TLS/SASL), set by the CLI
     registry = load_registry(args.definitions)
@@ -148,7 +149,12 @@ def run_worker(args: argparse.Namespace) -> int:
         allow_partial_state=args.allow_partial_state,
         standby_replicas=args.standby_replicas,
     )
-    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
+    status = app.featurestream.extra["status"]
+    worker = StatusWorker(
+        app, status=status, is_ready=is_ready, log_filter=getattr(args, "log_filter", None),
+        starting_line=status.starting_line(list(registry.feature_sets), args.broker),
+        loglevel=args.loglevel, quiet=True, redirect_stdouts=False,
+    )  # fmt: skip
     # Faust's startup spinner sets the *root* logger to DEBUG (so it can spin on every record) and never
     # restores it: every aiokafka debug call then builds a LogRecord, about a tenth of the ingest time.
     worker.spinner = None
@@ -158,6 +164,29 @@ def run_worker(args: argparse.Namespace) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
+
+
+def check_web_port(bind: str, port: int) -> None:
+    """A one-line ``ValueError`` if the worker could not listen on ``bind:port`` (in use, unknown host)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot listen on {bind}:{port}: {exc.strerror}; hint: check --web-bind/--web-host") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp: a TIME_WAIT port is free
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ValueError(
+                    f"web port {port} on {bind} is already in use (another worker?); hint: stop it, or pass "
+                    "--web-port (env FEATURESTREAM_WEB_PORT)"
+                ) from None
+            raise ValueError(f"cannot listen on {bind}:{port}: {exc.strerror}; hint: check --web-bind") from None
 
 
 GC_THRESHOLDS = (100_000, 50, 100)

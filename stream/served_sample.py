@@ -77,7 +77,7 @@ def resolve(registry: Registry, name: str, kind: str | None) -> str:
     raise LookupError(f"no feature vector or feature set named {name!r}; known: {', '.join(known) or 'none'}")
 
 
-def register_sample_view(app, registry: Registry, sample: ServedSample) -> None:
+def register_sample_view(app, registry: Registry, sample: ServedSample, worker_id: str = "") -> None:
     """Add ``GET /sample/{name}`` to a Faust app."""
 
     @app.page("/sample/{name}", name="featurestream-sample")
@@ -94,6 +94,6 @@ def register_sample_view(app, registry: Registry, sample: ServedSample) -> None:
                 return self.json({"error": str(exc)}, status=400)
             rows = sample.rows(kind, name, limit or None)
             return self.json(
-                {"name": name, "kind": kind, "capacity": sample.capacity, "served": sample.served(kind, name),
-                 "rows": rows}
+                {"name": name, "kind": kind, "worker": worker_id, "capacity": sample.capacity,
+                 "served": sample.served(kind, name), "rows": rows}
             )

@@ -8,7 +8,7 @@
 * ``POST /vectors/{vector}`` with ``{"entities": [{...}, ...]}`` (at most 1000) -> one result per
   entity with the vector's features, on-read ones included. Keys owned here are read locally in
   one batch; keys owned elsewhere are fetched one by one from their owner's GET view.
-* ``GET /health`` -> 200 once table recovery has finished, else 503.
+* ``GET /health`` -> 200 once table recovery has finished, else 503 (also while the broker is unreachable).
 * ``GET /metrics`` -> Prometheus text exposition.
 * ``GET /sample/{name}`` -> the last rows served for a vector or set (``served_sample``; drift monitoring).
 
@@ -72,7 +72,7 @@ def is_ready(app) -> bool:
 def register_views(app, ctx: ServingContext) -> None:
     """Add the featurestream routes to a Faust app (per-set routes before the catch-all)."""
     install_http_metrics(app, ctx.metrics)
-    register_sample_view(app, ctx.registry, ctx.extra.setdefault("served_sample", ServedSample()))
+    register_sample_view(app, ctx.registry, ctx.extra.setdefault("served_sample", ServedSample()), ctx.worker_id)
     for name in ctx.registry.feature_sets:
         _register_feature_set_view(app, ctx, name)
 
@@ -99,6 +99,10 @@ def register_views(app, ctx: ServingContext) -> None:
     @app.page("/health", name="featurestream-health")
     class Health(View):
         async def get(self, request):
+            status = ctx.extra.get("status")
+            if status is not None:  # readiness and broker reachability (stream.status)
+                code, body = status.health(is_ready(app))
+                return self.json(body, status=code)
             if is_ready(app):
                 return self.json({"status": "ok", "worker": ctx.worker_id})
             return self.json({"status": "recovering", "worker": ctx.worker_id}, status=503)

@@ -75,6 +75,9 @@ def test_served_sample_drift_and_worker_metrics(live, capsys):
     assert result["current_rows"] == len(entities)
     assert all(f["psi"] < 1e-9 for f in result["features"]), result  # same values: identical bins
     assert html.read_text().count("<svg") == 4
+    # The report says where the rows come from: the reference file, and which worker served the current ones.
+    assert result["reference"] == str(same) and sample["worker"] and f"worker {sample['worker']} at {worker.url}" in result["current"]
+    assert f"worker {sample['worker']} at {worker.url}" in html.read_text() and str(same) in html.read_text()
 
     assert main([*common, "--reference", str(shifted)]) == 1
     out = capsys.readouterr().out

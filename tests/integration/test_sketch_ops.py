@@ -150,7 +150,9 @@ def check_against_oracle(d: dict, card: str, values: dict, at: int) -> None:
         if f.op == "approx_count_distinct":
             assert abs(got - want) <= 4 * CPC_RSE * want + 1, where
         elif f.op == "approx_percentile":
-            assert oracle.percentile_within(in_window, f.params[0], got, KLL_EPS), where
+            # eps holds per quantile at 99% confidence (tests/unit/test_sketch_ops.py checks that share over many
+            # seeds); a single read is held to twice it, as the design allows between online and offline.
+            assert oracle.percentile_within(in_window, f.params[0], got, 2 * KLL_EPS), where
         elif f.op == "top_k":
             counts = oracle.value_counts(in_window)
             bound = ds.frequent_strings_sketch.get_apriori_error(6, sum(counts.values()))

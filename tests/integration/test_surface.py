@@ -37,7 +37,7 @@ from featurestream import (
     FeatureTimeout,
     OnlineClient,
 )
-from sinks import get_offline_features
+from sinks import get_offline_features, read_events
 from tests import oracle
 from tests.integration.test_verify import cli
 from tests.integration.test_worker import Worker, free_port
@@ -389,3 +389,67 @@ def test_plain_features_online_offline_and_verify(deployment):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (report,) = json.loads(done.stdout)["feature_sets"]
     assert report["compared_entities"] == len(USERS) and set(report["features"]) == {"country", "age", "vip"}
+
+
+def test_live_ingest_reaches_the_worker_and_the_sink_once(deployment, tmp_path):
+    """``featurestream ingest`` of a CSV into a running deployment: the worker and the sink apply the rows like
+    any event (the oracle's values online, ``verify`` consistent); the same ingest again writes nothing; an
+    interrupted one (some rows produced, not marked finished) produces only the rest."""
+    from featurestream.ingest import HEADER, REGISTRY_FILE, _Registry, ingest, ingest_id, validate
+
+    d, client, events = deployment, deployment["client"], deployment["profile_events"]
+    now = int(time.time() * 1000)
+    new = [
+        {"user_id": USERS[i % len(USERS)], "ts": now - 2_000 + i, "country": ["nz", None][i % 2],
+         "age": 2**61 + i, "vip": i % 3 == 0}
+        for i in range(24)
+    ]  # fmt: skip
+    pd.DataFrame(new).to_csv(tmp_path / "updates.csv", index=False)
+    topic = f"{d['prefix']}profiles"
+    args = ["ingest", "--set", "profiles", str(tmp_path / "updates.csv"), "--broker", d["bootstrap"],
+            "--data-dir", str(d["data"]), "--definitions", DEFINITIONS, "--topic", topic]  # fmt: skip
+    done = cli(*args)
+    assert done.returncode == 0 and "24 valid, 0 rejected; 24 produced" in done.stdout, (
+        done.stdout + done.stderr
+    )
+    again = cli(*args)
+    assert "0 produced to the source topic, 24 already ingested" in again.stdout, again.stdout + again.stderr
+    events.extend(new)
+
+    # Interrupted: a registry entry that started but never finished, and half of the rows on the topic.
+    later = [dict(e, ts=e["ts"] + 1_000, age=e["age"] + 1) for e in new]
+    frame = pd.DataFrame(later)
+    rows, _, _ = validate(PROFILES, frame, int(time.time() * 1000))
+    key = ingest_id(PROFILES, rows)
+    _Registry(d["data"] / "profiles" / REGISTRY_FILE).put(
+        key, {"topic": topic, "rows": len(rows), "started_at_ms": int(time.time() * 1000)}
+    )
+    producer = KafkaProducer(bootstrap_servers=d["bootstrap"], acks="all")
+    for i in range(0, len(rows), 2):
+        producer.send(topic, key=rows[i]["user_id"].encode(), value=json.dumps(rows[i]).encode(),
+                      headers=[(HEADER, f"{key}:{i}".encode())])  # fmt: skip
+    producer.flush(timeout=30)
+    producer.close()
+    resumed = ingest(PROFILES, frame, data_dir=d["data"], broker=d["bootstrap"], topic=topic)
+    assert (resumed.ingest_id, resumed.written, resumed.skipped) == (key, 12, 12)
+    events.extend(later)
+
+    deadline = time.monotonic() + 60
+    while True:
+        t = int(time.time() * 1000)
+        got = {u: client.features("profiles", u) for u in USERS}
+        if all(got[u] == _expected_profile(events, u, t) for u in USERS):
+            break
+        assert time.monotonic() < deadline, (got, {u: _expected_profile(events, u, t) for u in USERS})
+        time.sleep(0.3)
+    assert all(type(got[u]["age"]) is int and got[u]["age"] > 2**61 for u in USERS)
+    _sink_once(d["bootstrap"], d["data"], "profiles", topic, f"sink-{d['run_id']}-profiles")
+    stored = read_events(PROFILES, d["data"])
+    assert len(stored) == len(events)  # each ingested row once offline
+    done = cli(
+        "verify", "--broker", d["bootstrap"], "--data-dir", str(d["data"]), "--url", d["worker"].url,
+        "--definitions", DEFINITIONS, "--app-id", d["app_id"], "--topic-prefix", d["prefix"],
+        "--sink-group", f"sink-{d['run_id']}-profiles", "--feature-set", "profiles",
+        "--auth-token-file", str(d["tmp"] / "token"), "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -30,22 +30,21 @@ EXPECTED = {
     "produce": {"definitions", "broker", "topic_prefix", "kafka"},
     "preview": {"definitions"},
     "datasets": {"definitions", "data_dir"},
+    "ingest": {"definitions", "broker", "data_dir", "topic_prefix", "kafka"},
     "describe": {"definitions", "data_dir"},
     "drift": {"definitions", "urls", "auth"},
     "verify": {"definitions", "broker", "data_dir", "url", "app_id", "topic_prefix", "auth", "kafka"},
     "plan": {"definitions", "broker", "app_id", "topic_prefix", "kafka"},
 }
-# How a command's code reads each shared option.
+# How a command's code reads each shared option: ``args.<dest>`` or ``getattr(args, "<dest>"``.
+DESTS = {
+    "definitions": ["definitions"], "broker": ["broker"], "data_dir": ["data_dir"], "app_id": ["app_id"],
+    "topic_prefix": ["topic_prefix"], "url": ["url"], "urls": ["url"], "auth": ["auth_token_file"],
+    "kafka": ["kafka"],  # set from the Kafka options by featurestream.cli
+}  # fmt: skip
 READS = {
-    "definitions": r"args\.definitions",
-    "broker": r"args\.broker",
-    "data_dir": r"args\.data_dir",
-    "app_id": r"args\.app_id",
-    "topic_prefix": r"args\.topic_prefix",
-    "url": r"args\.url",
-    "urls": r"args\.url",
-    "auth": r"auth_token_file",
-    "kafka": r"args\.kafka|_kafka_config\(args\)|getattr\(args, \"kafka\"",
+    name: "|".join(rf"args\.{d}\b|getattr\(args, [\"']{d}[\"']" for d in dests) + ("|_kafka_config\\(args\\)" if name == "kafka" else "")
+    for name, dests in DESTS.items()
 }
 
 

@@ -205,3 +205,90 @@ def test_object_store_image_matches_the_local_s3proxy_and_the_sink_writes_there(
     assert sink["environment"]["AWS_ENDPOINT_URL"] == f"http://s3:{port}"
     assert sink["environment"]["AWS_ACCESS_KEY_ID"] == s3["environment"]["S3PROXY_IDENTITY"]
     assert sink["environment"]["AWS_SECRET_ACCESS_KEY"] == s3["environment"]["S3PROXY_CREDENTIAL"]
+# --- the image and the network: what Docker would do, checked without Docker ---------------------------
+
+DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
+
+
+def dockerfile_copies(text: str | None = None) -> list[tuple[list[str], str]]:
+    """(sources, destination) of each COPY instruction (shell form), relative to the build context."""
+    out = []
+    for line in (text if text is not None else DOCKERFILE.read_text()).splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--") for w in words[1:]):
+            out.append((words[1:-1], words[-1]))
+    return out
+
+
+def copied_paths() -> set[str]:
+    """Top-level names of the build context that end up in the image (globs expanded like Docker)."""
+    names: set[str] = set()
+    for sources, _dest in dockerfile_copies():
+        for source in sources:
+            names.update(p.name for p in REPO_ROOT.glob(source))
+    return names
+
+
+def test_the_worker_listens_beyond_its_containers_loopback() -> None:
+    words = command_words(load_compose()["services"]["worker"])
+    assert words[words.index("--web-bind") + 1] == "0.0.0.0", "the published port and Prometheus need it"
+    assert words[words.index("--web-host") + 1] == "worker", "other containers reach it by its service name"
+
+
+def test_the_drift_service_reads_the_worker_by_its_service_name() -> None:
+    compose = load_compose()
+    worker = command_words(compose["services"]["worker"])
+    drift = command_words(compose["services"]["drift"])
+    assert drift[drift.index("--url") + 1] == f"http://worker:{worker[worker.index('--web-port') + 1]}"
+
+
+def test_the_image_holds_every_package_the_examples_and_the_build_files() -> None:
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    include = re.search(r"\[tool\.setuptools\.packages\.find\]\s*include\s*=\s*\[([^\]]*)\]", pyproject).group(1)
+    packages = {p.strip().strip('"').rstrip("*") for p in include.split(",") if p.strip()}
+    needed = packages | {"examples", "pyproject.toml", "README.md", "requirements.lock"}
+    missing = needed - copied_paths()
+    assert not missing, f"deploy/Dockerfile does not COPY {sorted(missing)}"
+    ignored = {line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()}
+    assert not needed & ignored, f".dockerignore excludes {sorted(needed & ignored)}"
+    # The example definitions are package data: featurestream/examples must reach examples/.
+    link = REPO_ROOT / "featurestream" / "examples"
+    assert link.is_symlink() and link.resolve() == (REPO_ROOT / "examples").resolve()
+    assert (link / "transactions" / "features.py").is_file()
+
+
+def test_dockerfile_copy_parser_on_a_sample() -> None:
+    sample = "FROM x\nCOPY a b ./\nCOPY --from=build /x /y\nRUN echo COPY no\nCOPY c ./c\n"
+    assert dockerfile_copies(sample) == [(["a", "b"], "./"), (["c"], "./c")]
+
+
+def promtool() -> str | None:
+    import os
+    import shutil
+
+    cache = Path(os.environ.get("FEATURESTREAM_CACHE", Path.home() / ".cache" / "featurestream"))
+    cached = cache / "promtool" / "promtool"
+    return shutil.which("promtool") or (str(cached) if cached.is_file() else None)
+
+
+def test_prometheus_config_passes_promtool(tmp_path) -> None:
+    """`promtool check config` on deploy/prometheus/prometheus.yml, its container paths (the compose bind
+    mounts) rewritten to the repository's files; also checks the alert rules it loads."""
+    import subprocess
+
+    tool = promtool()
+    if tool is None:
+        pytest.skip("promtool not found (make test fetches it with deploy/prometheus/fetch-promtool.sh)")
+    mounts = {
+        target: REPO_ROOT / source
+        for source, target, *_ in (str(v).split(":") for v in load_compose()["services"]["prometheus"]["volumes"])
+    }
+    text = mounts["/etc/prometheus/prometheus.yml"].read_text()
+    for target, source in mounts.items():
+        text = text.replace(target, str(source))
+    assert "/etc/prometheus" not in text
+    config = tmp_path / "prometheus.yml"
+    config.write_text(text)
+    done = subprocess.run([tool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr

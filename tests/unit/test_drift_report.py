@@ -130,3 +130,67 @@ def test_report_escapes_names():
     results = compare_frames(pd.DataFrame({"<b>": [1.0, 2.0, 3.0]}), pd.DataFrame({"<b>": [1.0, 2.0, 9.0]}))
     page = render_html("t", results, 3, 3)
     assert "<b>" not in page.replace("<body>", "") and "&lt;b&gt;" in page
+
+
+class ReportParser(HTMLParser):
+    """The texts of the report: per <svg>, its tick labels, bin labels and grid lines."""
+
+    def __init__(self):
+        super().__init__()
+        self.svgs: list[dict] = []
+        self.text: list[str] = []
+        self._in: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "svg":
+            self.svgs.append({"ticks": [], "bins": [], "grid": 0, "bars": []})
+        elif tag == "text" and self.svgs:
+            self._in = attrs.get("class")
+        elif tag == "line" and self.svgs and attrs.get("class") == "grid":
+            self.svgs[-1]["grid"] += 1
+        elif tag == "rect" and self.svgs:
+            self.svgs[-1]["bars"].append(float(attrs["y"]))
+
+    def handle_endtag(self, tag):
+        if tag == "text":
+            self._in = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in == "tick":
+            self.svgs[-1]["ticks"].append(data)
+        elif self._in == "bin":
+            self.svgs[-1]["bins"].append(data)
+
+
+def test_report_says_when_and_from_what_with_a_real_axis_and_whole_labels(files, tmp_path, capsys):
+    from datetime import UTC, datetime
+
+    from aggregations.drift import format_number
+    from featurestream.drift_report import render_html
+
+    reference, current = pd.read_parquet(files["reference"]), pd.read_parquet(files["shifted"])
+    current["amount_sum_1d"] *= 1000  # large values: labels must stay whole and in one format
+    results = compare_frames(reference[FEATURES], current[FEATURES])
+    made = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
+    page = render_html("Drift of vector fraud", results, 3000, 1500, reference="train.parquet",
+                       current="served lately by worker w-1 at http://10.0.0.5:6066 (1500 rows)", made_at=made)  # fmt: skip
+    parser = ReportParser()
+    parser.feed(page)
+    text = " ".join(parser.text)
+    assert "Made 2026-12-01 08:30:00 UTC." in text
+    assert "Reference: 3000 rows from train.parquet." in text
+    assert "Current: 1500 rows served lately by worker w-1 at http://10.0.0.5:6066 (1500 rows)." in text
+    assert "How to read it:" in text
+    for svg, result in zip(parser.svgs, results, strict=True):
+        assert svg["bins"] == result.labels  # every bin label whole (never cut with an ellipsis)
+        assert svg["ticks"][0] == "0.0%" and len(svg["ticks"]) >= 3 and svg["grid"] == len(svg["ticks"])
+        top = float(svg["ticks"][-1].rstrip("%")) / 100
+        shares = [c / sum(counts) for counts in (result.reference_counts, result.current_counts) for c in counts]
+        assert top >= max(shares) - 1e-9
+        assert all(y >= 0 for y in svg["bars"])  # no bar above the axis' top
+    for label in (lbl for r in results for lbl in r.labels):
+        assert "e+" not in label and "…" not in label
+    assert format_number(12345.678) == "12346" and format_number(0.012345) == "0.01235"
+    assert format_number(45.6) == "45.6" and format_number(2e12) == "2.000e+12"
