@@ -8,7 +8,7 @@ KAFKA := deploy/kafka
 # python3.11 if it really runs (a pyenv shim may exist without the version), else python3.
 PYTHON ?= $(shell for p in python3.11 python3; do $$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: help venv kafka-fetch promtool-fetch kafka-start kafka-stop lint test faults-long peers demo clean
+.PHONY: help venv kafka-fetch promtool-fetch kafka-start kafka-stop s3-start s3-stop lint test faults-long peers demo clean
 
 help:
 	@echo "make venv         create $(VENV) from requirements.lock and install the package (editable, --no-deps)"
@@ -16,6 +16,8 @@ help:
 	@echo "make promtool-fetch  fetch promtool (Debian package prometheus) for the Prometheus config test"
 	@echo "make kafka-start  start a local KRaft broker on 127.0.0.1:\$${KAFKA_PORT:-9092} (data in .run/)"
 	@echo "make kafka-stop   stop it (KAFKA_PORT as for start)"
+	@echo "make s3-start     start a local S3-API server (S3Proxy) on 127.0.0.1:\$${S3PROXY_PORT:-9000}, bucket featurestream"
+	@echo "make s3-stop      stop it (S3PROXY_PORT as for start)"
 	@echo "make lint         ruff + import-linter contracts"
 	@echo "make test         lint, then pytest (the tests start their own broker)"
 	@echo "make faults-long  the fault suite (tests/e2e) in long mode: more events and kills"
@@ -46,6 +48,12 @@ kafka-start:
 kafka-stop:
 	$(KAFKA)/stop.sh
 
+s3-start:
+	deploy/s3proxy/start.sh
+
+s3-stop:
+	deploy/s3proxy/stop.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
@@ -64,6 +72,9 @@ demo:
 clean:
 	@for pid in .run/kafka-*/kafka.pid; do \
 		[ -e "$$pid" ] && $(KAFKA)/stop.sh --data-dir "$$(dirname "$$pid")" || true; \
+	done
+	@for pid in .run/s3proxy-*/s3proxy.pid; do \
+		[ -e "$$pid" ] && deploy/s3proxy/stop.sh --data-dir "$$(dirname "$$pid")" || true; \
 	done
 	rm -rf .run
 peers: ; benchmarks/peers/run.sh $(PEERS_ARGS)

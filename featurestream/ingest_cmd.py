@@ -65,7 +65,7 @@ def run(args) -> int:
         frame,
         data_dir=args.data_dir,
         broker=None if args.offline_only else args.broker,
-        topic=args.topic or f"{getattr(args, 'topic_prefix', '')}{fs.source}",
+        topic=args.topic or f"{args.topic_prefix}{fs.source}",
         offline_only=args.offline_only,
         arrival=args.arrival,
         max_future=args.max_future,

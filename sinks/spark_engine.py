@@ -69,7 +69,12 @@ def spark_session(master: str | None = None, conf: dict[str, str] | None = None)
     # PySpark warns on every Arrow call under pandas 3; this engine hands pyspark Arrow only, never pandas.
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     active = SparkSession.getActiveSession()
-    if active is not None and (master is None or active.sparkContext.master == master):
+    if active is not None:
+        if master is not None and active.sparkContext.master != master:
+            raise ValueError(
+                f"a Spark session on {active.sparkContext.master} is already running in this process (one per "
+                f"process): stop it, or pass spark=<that session> instead of master {master!r}"
+            )
         return active
     master = master or os.environ.get("FEATURESTREAM_SPARK_MASTER") or DEFAULT_MASTER
     # pyspark takes the executors' Python from the environment when the context starts.

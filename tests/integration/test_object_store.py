@@ -155,3 +155,34 @@ def test_a_dataset_of_another_topic_is_refused_on_object_store(s3_store):
     claim_source(root, "topic-a")
     with pytest.raises(ValueError, match="topic-a"):
         claim_source(root, "topic-b")
+
+
+def test_backfill_into_the_object_store_resumes_and_is_idempotent(kafka_bootstrap, new_topic, s3_store):
+    from sinks.backfill import PROGRESS_FILE, backfill
+    from tests.integration.test_sink import FS, assert_exactly, produce
+
+    topic = new_topic(partitions=3)
+    events = produce(kafka_bootstrap, topic, n=600)
+    partial = backfill(
+        FS, s3_store, kafka_bootstrap, topic=topic, flush_events=100, stop_after_flushes=1, until_sink=False,
+        max_poll_records=50,
+    )
+    assert 0 < partial.written < len(events) and (dataset_dir(s3_store, FS.name) / PROGRESS_FILE).exists()
+    resumed = backfill(FS, s3_store, kafka_bootstrap, topic=topic, flush_events=100, until_sink=False)
+    assert resumed.resumed and partial.written + resumed.written == len(events)
+    assert_exactly(s3_store, events)
+    assert backfill(FS, s3_store, kafka_bootstrap, topic=topic, until_sink=False).written == 0
+    assert not (dataset_dir(s3_store, FS.name) / PROGRESS_FILE).exists()
+
+
+def test_online_state_rebuilt_from_the_object_store_equals_the_local_rebuild(s3_store, pay_events, tmp_path):
+    from sinks.online_state import rebuild_states
+
+    write_events(s3_store, PAY, pay_events)
+    write_events(tmp_path, PAY, pay_events)
+    now = 200_000
+
+    def states(store):
+        return {(s.partition, s.key, s.value) for part in rebuild_states(PAY, store, now, partitions=2) for s in part.states}
+
+    assert states(s3_store) == states(tmp_path) and states(tmp_path)

@@ -99,7 +99,7 @@ def test_spark_engine_on_the_object_store_across_feature_sets(spark, s3_store):
 
 DEFINITIONS = '''
     """Loaded by path: not importable on Spark executors, so its module travels by value."""
-    from aggregations import Aggregation, Entity, FeatureSet
+    from aggregations import Aggregation, Entity, Feature, FeatureSet
 
 
     def cents(frame):
@@ -116,11 +116,12 @@ DEFINITIONS = '''
         schema={"user": "string", "merchant": "string", "ts": "timestamp", "amount": "float64"},
         transforms=[cents],
         aggregations=[Aggregation("cents", ["count", "sum", "max", "last"], windows=["10s", "60s"], periods=["1s", "10s"])],
+        features=[Feature("amount", name="last_amount"), Feature("cents", dtype="float64", ttl="30s")],
     )
 '''
 
 
-def test_a_transform_and_a_compound_entity_from_a_definitions_file(spark, tmp_path):
+def test_a_transform_plain_features_and_a_compound_entity_from_a_definitions_file(spark, tmp_path):
     path = tmp_path / "pair_definitions.py"
     path.write_text(textwrap.dedent(DEFINITIONS))
     fs = load_registry(str(path)).feature_set("pairs")
@@ -143,7 +144,7 @@ def test_a_transform_and_a_compound_entity_from_a_definitions_file(spark, tmp_pa
     ours = get_offline_features(vector, rows, tmp_path / "data", registry=[fs], engine="spark", spark=spark)
     local = get_offline_features(vector, rows, tmp_path / "data", registry=[fs])
     pd.testing.assert_frame_equal(ours, local)
-    assert ours["cents_count_60s"].sum() > 0
+    assert ours["cents_count_60s"].sum() > 0 and ours["last_amount"].notna().any()
 
 
 def test_cli_training_set_engine_spark_writes_a_versioned_dataset(spark, s3_store, tmp_path):
