@@ -132,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
         for cycle in range(1, args.cycles + 1):
             started = time.monotonic()
             feeder.running.set()
-            b = Worker(bootstrap, work / f"b{cycle}", prefix, app_id, work, f"b{cycle}")
-            c = Worker(bootstrap, work / f"c{cycle}", prefix, app_id, work, f"c{cycle}")
+            # b and c keep their state dirs from cycle to cycle, as restarted workers do (a fresh dir would
+            # restore the whole changelog every time, which grows with the stream).
+            b = Worker(bootstrap, work / "b", prefix, app_id, work, f"b{cycle}")
+            c = Worker(bootstrap, work / "c", prefix, app_id, work, f"c{cycle}")
             b.launch()
             c.launch()
             b.wait_healthy()

@@ -367,3 +367,23 @@ def test_events_outside_their_entitys_partition_are_forwarded_then_applied_once_
         (got,) = reader.read([store.blobs.get((home[user], user.encode()))], NOW, None)
         want = oracle.feature_at(rows, user, NOW, "count", 3_600_000, 300_000)
         assert got["amount_count_1h"] == want
+
+
+def test_a_late_forwarded_event_points_at_its_source_record_not_the_by_entity_topic():
+    from stream.forwarding import forwarded_groups, origin_header
+    from stream.partitioning import entity_partition
+
+    home = entity_partition(b"u1", 3)
+    origin = ((home + 1) % 3, 77)
+    old = {"user_id": "u1", "ts": NOW - 200 * 86_400_000, "amount": 1.0}
+
+    class Message:
+        partition, offset, key = home, 5, b"u1"
+        value = json.dumps(old).encode()
+        headers = [origin_header(*origin)]
+
+    (slot, group), = forwarded_groups([Message()])
+    result = BatchProcessor(TX, "tx", partitions=3).process(group, NOW, lambda p, keys: [None] * len(keys), slot=slot)
+    (late,) = result.late
+    body = open_envelope(late.value)
+    assert (body["topic"], body["partition"], body["offset"]) == ("tx", origin[0], origin[1])
