@@ -397,6 +397,7 @@ def versioned_training_set(
         as_known_at=options.get("as_known_at", False),
         snapshot=taken,
         result=result,
+        engine="spark" if options.get("engine") == "spark" or options.get("spark") is not None else "local",
         command=command,
     )
     if name is not None:
