@@ -23,7 +23,6 @@ that an empty string counts as a value (DataSketches ignores empty strings).
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
 import operator
@@ -222,12 +221,19 @@ def kll_items(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
     if flags & _KLL_EMPTY:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
     if flags & _KLL_SINGLE:
-        return np.frombuffer(blob, dtype="<f8", count=1, offset=8), np.ones(1, dtype=np.int64)
+        return np.frombuffer(blob, dtype="<f8", count=1, offset=8), _ONES[:1]
     levels = blob[18]
-    offsets = np.frombuffer(blob, dtype="<u4", count=levels, offset=20).astype(np.int64)
+    offsets = struct.unpack_from(f"<{levels}I", blob, 20)
     items = np.frombuffer(blob, dtype="<f8", offset=20 + 4 * levels + 16)
-    sizes = np.diff(np.append(offsets - offsets[0], len(items)))
-    return items, np.repeat(np.int64(1) << np.arange(levels, dtype=np.int64), sizes)
+    if levels == 1:
+        return items, (_ONES[: len(items)] if len(items) <= len(_ONES) else np.ones(len(items), dtype=np.int64))
+    ends = [*(o - offsets[0] for o in offsets[1:]), len(items)]
+    sizes = [ends[0], *(b - a for a, b in pairwise(ends))]
+    return items, np.repeat(_POWERS[:levels], sizes)
+
+
+_ONES = np.ones(4096, dtype=np.int64)
+_POWERS = np.int64(1) << np.arange(62, dtype=np.int64)
 
 
 class WeightedItems:
@@ -299,9 +305,15 @@ class FrequentField(_BoundedField):
             return None
         if not isinstance(element, ItemCounts):
             element = ItemCounts.union([element])
-        items = ((value_of(key), count) for key, count in element.estimates().items())
-        best = heapq.nsmallest(k, items, key=lambda item: (-item[1], _order(item[0])))
-        return [{"value": value, "count": count} for value, count in best]
+        estimates = element.estimates()
+        keys = list(estimates)
+        if len(keys) > k:  # only values counted at least as often as the k-th can make the list
+            counts = np.fromiter(estimates.values(), dtype=np.int64, count=len(keys))
+            floor = np.partition(counts, len(counts) - k)[len(counts) - k]
+            keys = [keys[i] for i in np.flatnonzero(counts >= floor).tolist()]
+        items = [(value_of(key), estimates[key]) for key in keys]
+        items.sort(key=lambda item: (-item[1], _order(item[0])))
+        return [{"value": value, "count": count} for value, count in items[:k]]
 
 
 class ItemCounts:
