@@ -5,7 +5,9 @@ operations: ``lift`` (events -> one state per event), ``merge`` (elementwise), `
 (contiguous, non-overlapping groups -> one state per group) and ``reduce_ranges`` (possibly
 overlapping [lo, hi) ranges of time-ordered, non-overlapping tiles -> one state per range).
 Ops (count, avg, var, ...) are read from fields at finalize time; see ``ops.py``. The bounded-state
-fields of the sketch ops live in ``sketch_fields.py``.
+fields of the sketch ops live in ``sketch_fields.py``; their ``reduce_ranges`` returns a read-only union that
+never compacts (``merge`` of two such unions unites them), so a read path must go through ``reduce_ranges``
+(or ``read_combine``) and ``merge``, never through ``reduce_groups``, to read deterministically.
 """
 
 from __future__ import annotations

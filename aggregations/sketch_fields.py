@@ -113,12 +113,16 @@ class _BoundedField:
         out = []
         for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
             if (a, b) not in done:
-                done[(a, b)] = self.combine(elements[a:b]) if b > a else None
+                done[(a, b)] = self.read_combine(elements[a:b]) if b > a else None
             out.append(done[(a, b)])
         return (_objects(out),)
 
     def take(self, s: State, index: np.ndarray) -> State:
         return (s[0][index],)
+
+    def read_combine(self, elements) -> object | None:
+        """The state a read sees over a range of tiles (``combine`` unless a field reads differently)."""
+        return self.combine(elements)
 
     def combine(self, elements) -> object | None:
         """One state holding everything in ``elements`` (None entries are empty states)."""
@@ -165,7 +169,13 @@ class CpcField(_BoundedField):
 
 @dataclass(frozen=True)
 class KllField(_BoundedField):
-    """KLL quantiles sketch of the numeric values (approx_percentile)."""
+    """KLL quantiles sketch of the numeric values (approx_percentile).
+
+    Tiles hold serialized KLL sketches, merged by the library (which compacts at random beyond k values). A
+    read does not merge: it takes the union of the tiles' retained items with their weights (``WeightedItems``),
+    which is what a KLL merge would compact, so it is deterministic (the same state always reads the same),
+    exact while every tile holds at most k values, and never less accurate than merging.
+    """
 
     name: str = "kll"
     k: int = KLL_K
@@ -175,22 +185,99 @@ class KllField(_BoundedField):
         sketch.update(float(value))
         return sketch.serialize()
 
-    def _combine(self, present: list[bytes]) -> bytes:
+    def _combine(self, present: list) -> bytes | WeightedItems:
+        if any(isinstance(e, WeightedItems) for e in present):  # parts of one read (levels merged in kernel.read)
+            return WeightedItems.union(present)
         sketch = ds.kll_doubles_sketch.deserialize(present[0])
         for blob in present[1:]:
             sketch.merge(ds.kll_doubles_sketch.deserialize(blob))
         return sketch.serialize()
 
-    def quantile(self, element: bytes | None, q: float) -> float:
-        """The smallest retained value whose inclusive normalized rank is at least q (NaN when empty)."""
+    def read_combine(self, elements) -> WeightedItems | None:
+        present = [e for e in elements if e is not None]
+        return WeightedItems.union(present) if present else None
+
+    def quantile(self, element: bytes | WeightedItems | None, q: float) -> float:
+        """The smallest value whose weight at or below it reaches ceil(q n) (NaN when empty)."""
         if element is None:
             return math.nan
-        return ds.kll_doubles_sketch.deserialize(element).get_quantile(q, True)
+        if not isinstance(element, WeightedItems):
+            element = WeightedItems.union([element])
+        return element.quantile(q)
+
+
+_KLL_EMPTY, _KLL_SINGLE = 1, 4  # KLL serialization flags (byte 3)
+QUANTILE_SCALE = 10_000  # quantiles have at most 4 decimals (ops.MAX_QUANTILE_DECIMALS)
+
+
+def kll_items(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The retained items of a serialized KLL doubles sketch and their weights (2^level).
+
+    DataSketches' KLL format: 8 bytes of preamble (flags in byte 3); a single item follows at byte 8; a full
+    sketch has n (u64), min_k (u16), the number of levels L (u8) and a spare byte, then L u32 level offsets,
+    the min and max items, then the items from level 0 up (tests check this against the library's iterator).
+    """
+    flags = blob[3]
+    if flags & _KLL_EMPTY:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    if flags & _KLL_SINGLE:
+        return np.frombuffer(blob, dtype="<f8", count=1, offset=8), _ONES[:1]
+    levels = blob[18]
+    offsets = struct.unpack_from(f"<{levels}I", blob, 20)
+    items = np.frombuffer(blob, dtype="<f8", offset=20 + 4 * levels + 16)
+    if levels == 1:
+        return items, (_ONES[: len(items)] if len(items) <= len(_ONES) else np.ones(len(items), dtype=np.int64))
+    ends = [*(o - offsets[0] for o in offsets[1:]), len(items)]
+    sizes = [ends[0], *(b - a for a, b in pairwise(ends))]
+    return items, np.repeat(_POWERS[:levels], sizes)
+
+
+_ONES = np.ones(4096, dtype=np.int64)
+_POWERS = np.int64(1) << np.arange(62, dtype=np.int64)
+
+
+class WeightedItems:
+    """Weighted items of KLL tiles, united without compaction: what a read of a window sees."""
+
+    __slots__ = ("_cumulative", "_sorted", "values", "weights")
+
+    def __init__(self, values: np.ndarray, weights: np.ndarray):
+        self.values, self.weights = values, weights
+        self._sorted = self._cumulative = None
+
+    @classmethod
+    def union(cls, elements) -> WeightedItems:
+        """Items of serialized sketches and of other unions, together."""
+        parts = [(e.values, e.weights) if isinstance(e, WeightedItems) else kll_items(e) for e in elements]
+        if len(parts) == 1:
+            return cls(*parts[0])
+        return cls(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    def quantile(self, q: float) -> float:
+        """The smallest item whose cumulative weight reaches ceil(q n): the inverted CDF, exact while no tile
+        compacted. q's decimals are taken exactly (0.9 of 10 values is rank 9, never 10 by rounding)."""
+        if self._sorted is None:
+            if (self.weights == 1).all():  # no tile compacted: every item is one value
+                self._sorted = np.sort(self.values)
+                self._cumulative = np.arange(1, len(self._sorted) + 1)
+            else:
+                order = np.argsort(self.values)
+                self._sorted = self.values[order]
+                self._cumulative = np.cumsum(self.weights[order])
+        total = int(self._cumulative[-1])
+        target = max(-(-round(q * QUANTILE_SCALE) * total // QUANTILE_SCALE), 1)
+        index = int(np.searchsorted(self._cumulative, target, side="left"))
+        return float(self._sorted[min(index, len(self._sorted) - 1)])
 
 
 @dataclass(frozen=True)
 class FrequentField(_BoundedField):
-    """Frequent items sketch with a map of 2^lg_max_k counters (top_k)."""
+    """Frequent items sketch with a map of 2^lg_max_k counters (top_k).
+
+    Tiles hold serialized sketches, merged by the library (which purges small counters once more distinct
+    values arrive than the map holds). A read does not merge: it adds up the tiles' counts (``ItemCounts``),
+    so it is exact while every tile is, and keeps the sketch's guarantee otherwise.
+    """
 
     name: str = "frequent:6"
     lg_max_k: int = 6
@@ -200,27 +287,70 @@ class FrequentField(_BoundedField):
         sketch.update(key_of(value))
         return sketch.serialize()
 
-    def _combine(self, present: list[bytes]) -> bytes:
+    def _combine(self, present: list) -> bytes | ItemCounts:
+        if any(isinstance(e, ItemCounts) for e in present):  # parts of one read (levels merged in kernel.read)
+            return ItemCounts.union(present)
         sketch = ds.frequent_strings_sketch.deserialize(present[0])
         for blob in present[1:]:
             sketch.merge(ds.frequent_strings_sketch.deserialize(blob))
         return sketch.serialize()
 
-    def top(self, element: bytes | None, k: int) -> list[dict] | None:
+    def read_combine(self, elements) -> ItemCounts | None:
+        present = [e for e in elements if e is not None]
+        return ItemCounts.union(present) if present else None
+
+    def top(self, element: bytes | ItemCounts | None, k: int) -> list[dict] | None:
         """The k values of highest estimated count, ties by value, as ``{"value", "count"}`` (None when empty)."""
         if element is None:
             return None
-        sketch = ds.frequent_strings_sketch.deserialize(element)
-        items = [(value_of(key), int(estimate)) for key, estimate, _lo, _hi in sketch.get_frequent_items(_NO_FALSE_NEGATIVES, 0)]
+        if not isinstance(element, ItemCounts):
+            element = ItemCounts.union([element])
+        estimates = element.estimates()
+        keys = list(estimates)
+        if len(keys) > k:  # only values counted at least as often as the k-th can make the list
+            counts = np.fromiter(estimates.values(), dtype=np.int64, count=len(keys))
+            floor = np.partition(counts, len(counts) - k)[len(counts) - k]
+            keys = [keys[i] for i in np.flatnonzero(counts >= floor).tolist()]
+        items = [(value_of(key), estimates[key]) for key in keys]
         items.sort(key=lambda item: (-item[1], _order(item[0])))
         return [{"value": value, "count": count} for value, count in items[:k]]
 
-    def max_error(self, element: bytes | None) -> float:
-        """The library's a priori bound on any count's over-estimate for this sketch's total weight."""
-        if element is None:
-            return 0.0
-        total = ds.frequent_strings_sketch.deserialize(element).total_weight
-        return ds.frequent_strings_sketch.get_apriori_error(self.lg_max_k, total)
+
+class ItemCounts:
+    """Frequent-items tiles added up without purging: what a read of a window sees.
+
+    Per tile, a tracked value's count is within [lower bound, lower bound + offset] and an untracked value's
+    is at most the offset (0 for a tile that never purged). So across tiles a value's count is within
+    [sum of its lower bounds, that + the sum of the offsets]: the estimate reported is the upper end, which
+    over-counts by at most the offsets' sum (the sketch's a priori error of the total), and is exact while
+    no tile purged. Deterministic: the same tiles always give the same counts.
+    """
+
+    __slots__ = ("lower", "offset")
+
+    def __init__(self, lower: dict[str, int], offset: int):
+        self.lower, self.offset = lower, offset
+
+    @classmethod
+    def union(cls, elements) -> ItemCounts:
+        lower: dict[str, int] = {}
+        offset = 0
+        for element in elements:
+            if isinstance(element, ItemCounts):
+                pairs, tile_offset = element.lower.items(), element.offset
+            else:
+                sketch = ds.frequent_strings_sketch.deserialize(element)
+                tile_offset = int(sketch.get_upper_bound(""))  # "" is never a key (keys carry a type tag)
+                pairs = [(key, int(lo)) for key, _est, lo, _hi in sketch.get_frequent_items(_NO_FALSE_NEGATIVES, 0)]
+            get = lower.get
+            for key, count in pairs:
+                lower[key] = get(key, 0) + count
+            offset += tile_offset
+        return cls(lower, offset)
+
+    def estimates(self) -> dict[str, int]:
+        """Each tracked value's estimated count (an upper bound on the true count)."""
+        return {key: count + self.offset for key, count in self.lower.items()}
 
 
 _HEAD = struct.Struct("<cH")  # value kind, number of entries

@@ -1,4 +1,4 @@
-"""Sketch ops benchmark: online state bytes per entity, and ingest events/s with and without the sketch ops.
+"""Sketch ops benchmark: online state bytes per entity, ingest and read cost, with and without the sketch ops.
 
     .venv/bin/python benchmarks/sketches.py                 # defaults: 1, 100, 10,000 events/day; 200k ingest events
     .venv/bin/python benchmarks/sketches.py --rates 1 100 --ingest-events 50000
@@ -12,13 +12,16 @@ all four sketch ops.
 State size: one entity receiving R events a day for 91 days (merchants Zipf-like over a large universe,
 so distinct merchants keep growing), folded day by day through the worker's ingest step
 (``fold_into_state``, late cut-off and expiry at the batch's end) and encoded with the state codec; the
-ingest steps are timed but only the size is reported.
+figure is the entity's table value in bytes at the end, when the 90-day window is full.
 
 Ingest: events of ``--users`` users over the last hour, in micro-batches of ``--batch`` (the worker's
 largest fetch), through what the worker does per batch apart from Kafka and RocksDB: decode the stored
 states of the batch's entities, ``fold_into_state``, encode. Medians of ``--repeats`` runs per set, with
 the ratio to ``base``; the machine's ceiling is the same loop with nothing to aggregate (decode + encode of
 empty states only).
+
+Reads: CPU time of decoding one entity's state (built as above) and reading every feature at now, as the
+worker's ``GET /features`` does, for ``base`` and the set with all four sketch ops.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ if str(ROOT) not in sys.path:
 from aggregations import Aggregation, Entity, FeatureSet  # noqa: E402
 from aggregations.codec import EntityStateCodec  # noqa: E402
 from aggregations.compute import fold_into_state  # noqa: E402
+from aggregations.kernel import read  # noqa: E402
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -87,6 +91,11 @@ def payments(rng: np.random.Generator, n: int, start: int, span: int, users: np.
 
 def state_bytes(fs: FeatureSet, per_day: int, days: int = 91, seed: int = 1) -> int:
     """Bytes of one entity's state after ``days`` days at ``per_day`` events a day, folded day by day."""
+    return len(entity_state(fs, per_day, days, seed)[0])
+
+
+def entity_state(fs: FeatureSet, per_day: int, days: int = 91, seed: int = 1) -> tuple[bytes, int]:
+    """One entity's state blob after ``days`` days at ``per_day`` events a day, and the time it was built to."""
     rng = np.random.default_rng(seed)
     codec = EntityStateCodec(fs)
     blob = None
@@ -100,7 +109,18 @@ def state_bytes(fs: FeatureSet, per_day: int, days: int = 91, seed: int = 1) -> 
         levels, _late = fold_into_state(fs, stored, frame, codes, np.arange(seq0, seq0 + per_day), now)
         seq0 += per_day
         (blob,) = codec.encode_all(levels, [0], [{"offsets": {"0": seq0}}])
-    return len(blob)
+    return blob, start + days * DAY
+
+
+def read_ms(fs: FeatureSet, per_day: int, reads: int = 50) -> float:
+    """CPU milliseconds of one single-entity read (decode the blob, every feature at now): the worker's GET."""
+    blob, now = entity_state(fs, per_day)
+    codec = EntityStateCodec(fs)
+    t0 = time.process_time()
+    for _ in range(reads):
+        levels, _metas = codec.decode_many([blob])
+        read(fs.plan, levels, np.zeros(1, dtype=np.int64), np.array([now + 1_000], dtype=np.int64))
+    return 1000 * (time.process_time() - t0) / reads
 
 
 def ingest_rate(fs: FeatureSet, frame: pd.DataFrame, batch: int, empty: bool = False) -> float:
@@ -164,6 +184,13 @@ def main() -> None:
         shown = " / ".join(f"{r:,.0f}" for r in runs)
         print(f"| {label} | {len(fs.feature_names())} | {median:,.0f} ({shown}) | {median / base:.2f}x |")
     print(f"| ceiling: decode + encode only | 0 | {statistics.median(ceiling):,.0f} | |")
+
+    print("\nSingle-entity read (decode + every feature at now), CPU ms, by events per entity per day:\n")
+    print("| feature set | features | " + " | ".join(f"{r:,}/day" for r in args.rates) + " |")
+    print("|---|---:|" + "---:|" * len(args.rates))
+    for label in ("base", "+all four sketch ops"):
+        fs = sets[label]
+        print(f"| {label} | {len(fs.feature_names())} | " + " | ".join(f"{read_ms(fs, r):.2f}" for r in args.rates) + " |")
     print(f"\nload after: {os.getloadavg()[0]:.1f}")
 
 

@@ -7,10 +7,11 @@ stream); rows that fail it are reported with their reasons and never written:
   header ``featurestream-ingest: <ingest id>:<row>``. The worker applies them to online state and the sink
   writes them to the offline store like any event, so both sides stay effectively once and ``verify``
   passes. Rows older than what online state keeps are late online (offline only), as any late event.
-* **history** (``offline_only``): the rows are written straight to the Parquet dataset, under a Kafka
-  partition number that no topic has (``INGEST_PARTITION_BASE`` + a number derived from the ingest id;
-  offsets are row numbers), for history older than any live state or than the topic's retention. Then
-  ``featurestream bootstrap`` builds online state from the dataset.
+* **history** (``offline_only``): the rows are written straight to the Parquet dataset, under a partition
+  number no source topic uses (``INGEST_PARTITION_BASE`` and up, below the bookkeeping's limit of 65,536:
+  the dataset's ``_ingests.json`` gives each ingest id its own; offsets are row numbers), for history older
+  than any live state or than the topic's retention. Then ``featurestream bootstrap`` builds online state
+  from the dataset.
 
 Re-running the same ingest does nothing twice. The ingest id is a hash of the feature set and the validated
 rows. History: the rows already in the dataset under the ingest's partition are skipped (and a run killed
@@ -39,8 +40,8 @@ from aggregations import EventValidator, FeatureSet
 from aggregations.schema import DEFAULT_MAX_FUTURE, InvalidValue, entity_keys
 
 HEADER = "featurestream-ingest"
-INGEST_PARTITION_BASE = 900_000_000  # dataset partitions >= this hold history ingests, never Kafka partitions
-INGEST_PARTITIONS = 99_999_999
+INGEST_PARTITION_BASE = 60_000  # dataset partitions >= this hold history ingests: source topics stay below
+INGEST_PARTITION_LIMIT = 65_536  # aggregations.bookkeeping packs a partition into 16 bits (tie order)
 REGISTRY_FILE = "_ingests.json"
 MAX_REASONS = 20
 
@@ -201,9 +202,22 @@ def ingest(
     return result
 
 
-def ingest_partition(ingest_id_: str) -> int:
-    """The dataset partition number of a history ingest (never a Kafka partition)."""
-    return INGEST_PARTITION_BASE + int(ingest_id_[:15], 16) % INGEST_PARTITIONS
+def ingest_partition(root: Path, ingest_id_: str, rows: int) -> int:
+    """The dataset partition of a history ingest: the one recorded for its id, else the lowest free one."""
+    from sinks.layout import list_parts
+
+    registry = _Registry(root / REGISTRY_FILE)
+    entries = registry._load()
+    entry = entries.get(ingest_id_)
+    if entry and "partition" in entry:
+        return int(entry["partition"])
+    used = {int(e["partition"]) for e in entries.values() if "partition" in e}
+    used |= {p.partition for p in list_parts(root) if p.partition >= INGEST_PARTITION_BASE}
+    free = next((p for p in range(INGEST_PARTITION_BASE, INGEST_PARTITION_LIMIT) if p not in used), None)
+    if free is None:
+        raise ValueError(f"{root}: every history ingest partition is taken; compact the dataset's history")
+    registry.put(ingest_id_, {"partition": free, "rows": rows, "started_at_ms": int(time.time() * 1000)})
+    return free
 
 
 def _write_history(fs, rows, result, data_dir, now_ms, arrival, progress) -> None:
@@ -211,7 +225,7 @@ def _write_history(fs, rows, result, data_dir, now_ms, arrival, progress) -> Non
     from sinks.writer import remove_temps, write_batch, written_offsets
 
     root = dataset_dir(data_dir, fs.name)
-    partition = result.partition = ingest_partition(result.ingest_id)
+    partition = result.partition = ingest_partition(root, result.ingest_id, len(rows))
     remove_temps(root, partition)
     done = set(written_offsets(root, partition).tolist())
     todo = np.array([i for i in range(len(rows)) if i not in done], dtype=np.int64)

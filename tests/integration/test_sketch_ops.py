@@ -4,8 +4,9 @@
 The feature set is examples/payments/features.py (amount percentiles, merchant approx distinct count, top 3
 and last 5). Light cards stay in every sketch's exact regime (at most 200 amounts per window, fewer distinct
 merchants than top_k's map holds): online must equal offline bit for bit and both equal the oracle. One
-heavy card goes beyond it: distinct counts and last-k stay identical online and offline (deterministic under
-merge), percentiles and top 3 are each within the library's bound of the truth.
+heavy card (1,500 payments, most in the last hour) may go beyond it: distinct counts and last-k stay
+identical online and offline (deterministic under merge), percentiles and top 3 are each within the
+library's bound of the truth.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def test_heavy_card_is_within_the_bounds_and_deterministic_sketches_agree_exactl
     card = deployment["heavy"]
     body = deployment["bodies"][card]
     online, offline = body["features"], offline_values(deployment, card)
-    assert online["amount_count_1d"] > 600  # beyond KLL's exact regime (200 values)
+    assert online["amount_count_1d"] > 600  # well beyond 200: hourly tiles of it may be compacted
     check_against_oracle(deployment, card, online, body["at"])
     check_against_oracle(deployment, card, offline, body["at"])
     for f in FS.plan.features:

@@ -48,7 +48,12 @@ def test_history_is_validated_written_once_and_computed_like_the_stream(tmp_path
     )
     assert (result.rows, result.valid, result.rejected, result.written) == (502, 500, 2, 500)
     assert "in the future" in result.reasons[0] and "missing entity key 'user_id'" in result.reasons[1]
-    assert result.partition == ingest_partition(result.ingest_id) >= INGEST_PARTITION_BASE
+    assert result.partition == ingest_partition(dataset_dir(tmp_path, "transactions"), result.ingest_id, 500)
+    assert result.partition == INGEST_PARTITION_BASE  # the first history ingest of this dataset
+    other = ingest(TX, history.iloc[:10], data_dir=tmp_path, offline_only=True)
+    assert other.partition == INGEST_PARTITION_BASE + 1  # another ingest, its own partition
+    for part in list_parts(dataset_dir(tmp_path, "transactions"), partition=other.partition):
+        part.path.unlink()
     stored = read_events(TX, tmp_path)
     assert len(stored) == 500 and set(stored["_partition"]) == {result.partition}
     assert (stored["_arrival"] == stored["ts"]).all()  # arrival="event": known when it happened

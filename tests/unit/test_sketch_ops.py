@@ -28,6 +28,7 @@ from aggregations.codec import EntityStateCodec
 from aggregations.compute import fold_into_state
 from aggregations.drift import feature_drift
 from aggregations.kernel import EventBatch, build_levels, empty_levels, expire, merge_levels, read
+from aggregations.sketch_fields import kll_items
 from sinks.training_sets import differences
 from tests import oracle
 
@@ -368,3 +369,43 @@ def test_list_features_survive_parquet_and_drift_sees_the_same_values():
     changed = back.copy()
     changed.at[3, "m_last2_1d"] = ["p", "q"]
     assert differences(back, changed) == ["m_last2_1d: 1 rows differ (row 3: array(['q', 'p'], dtype=object) vs ['p', 'q'])"]
+
+
+def test_the_same_serialized_state_reads_the_same_values(big_runs):
+    """Bit for bit where it matters: the online value comes from the stored sketch bytes, and reading those
+    bytes again (another request, another worker after a rebalance) gives exactly the same values, also for
+    the sketches that are randomized while they are built (KLL) or order-dependent (frequent items)."""
+    frame = big_runs[0][0]
+    codec = EntityStateCodec(BIG)
+    levels, _ = fold_into_state(BIG, None, frame, np.zeros(len(frame), np.int64), np.arange(len(frame)), DAY)
+    (blob,) = codec.encode_all(levels, [0], [{}])
+    first = read(BIG.plan, codec.decode_many([blob])[0], [0], [DAY])
+    again = read(BIG.plan, codec.decode_many([bytes(blob)])[0], [0], [DAY])
+    assert {k: v.tolist() for k, v in first.items()} == {k: v.tolist() for k, v in again.items()}
+
+
+def test_windows_of_exact_tiles_read_exactly_however_many_values_they_hold():
+    """A read unites the tiles' sketches without compacting: 2,000 values over 24 hourly tiles of fewer than
+    200 values, and 480 merchants with at most 20 per tile, read exactly, online and offline."""
+    frame = big_events(5, 2_000, 30)
+    hours = frame["ts"] // 3_600_000
+    # 20 merchants an hour, 480 in the day: far more than top_k(5)'s map (48), never more within a tile.
+    frame["m"] = [f"m{h}-{i % 20 if i % 3 else i % 5}" for i, h in enumerate(hours)]
+    online, offline, _ = online_and_offline(frame, batch=300)
+    amounts, merchants = rows_of(frame, "x"), rows_of(frame, "m")
+    for q in (0.01, 0.1, 0.5, 0.9, 0.99):
+        want = oracle.aggregate("approx_percentile", amounts, (q,))
+        name = f"x_{oracle_label(q)}_1d"
+        assert online[name][0] == offline[name][0] == want, (name, online[name][0], offline[name][0], want)
+    want = oracle.aggregate("top_k", merchants, (5,))
+    assert online["m_top5_1d"][0] == offline["m_top5_1d"][0] == want
+
+
+def test_kll_items_are_read_as_the_library_iterates_them():
+    for n in (0, 1, 2, 199, 200, 201, 5_000, 123_457):
+        sketch = ds.kll_doubles_sketch(200)
+        if n:
+            sketch.update(np.random.default_rng(n).lognormal(size=n))
+        values, weights = kll_items(sketch.serialize())
+        assert sorted(zip(values.tolist(), weights.tolist(), strict=True)) == sorted((v, int(w)) for v, w in sketch), n
+        assert int(weights.sum()) == n
