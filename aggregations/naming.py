@@ -12,9 +12,12 @@ from __future__ import annotations
 from .bookkeeping import OFFSETS_META
 from .definitions import FeatureSet
 
-__all__ = ["DEFAULT_APP_ID", "OFFSETS_META", "changelog_topic", "changelog_versions", "definitions_topic", "table_name"]
+__all__ = ["BY_ENTITY_SUFFIX", "DEFAULT_APP_ID", "OFFSETS_META", "changelog_topic", "changelog_versions", "definitions_topic", "table_name"]
 
 DEFAULT_APP_ID = "featurestream"
+
+#: Suffix of the topic where events outside their entity's home partition are forwarded (<source>.by-entity).
+BY_ENTITY_SUFFIX = ".by-entity"
 
 
 def table_name(feature_set: FeatureSet) -> str:

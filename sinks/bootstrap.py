@@ -30,7 +30,7 @@ from pathlib import Path
 
 from aggregations import FeatureSet
 from aggregations.bookkeeping import CHECKPOINT_KEY, Checkpoint
-from aggregations.naming import DEFAULT_APP_ID, changelog_topic
+from aggregations.naming import BY_ENTITY_SUFFIX, DEFAULT_APP_ID, changelog_topic
 from aggregations.retry import Retrying, retrying
 
 from .dataset import count_events
@@ -125,6 +125,9 @@ def bootstrap(
                 "top of it (stop the workers and wipe their state dirs first)"
             )
         worker_committed = _committed(admin, app_id, source)
+        # What the group consumed of <source>.by-entity: forwarded events of source records the dataset
+        # holds (the gap check below makes sure it holds all the group consumed), applied in the rebuild.
+        forwarded_committed = _committed(admin, app_id, source + BY_ENTITY_SUFFIX)
         sink_committed = _committed(admin, sink_group or default_group(fs), source)
         frontier = dataset_frontier(fs, store)
         _check_gap(source, app_id, worker_committed, sink_committed, frontier)
@@ -162,7 +165,8 @@ def bootstrap(
         # invalid). A worker skips source records below it whole; `plan` compares it with the group.
         for partition in range(n_source):
             covered = max(frontier.get(partition, 0), sink_committed.get(partition, 0))
-            future = producer.send(changelog, key=CHECKPOINT_KEY, value=Checkpoint(covered).encode(), partition=partition)
+            checkpoint = Checkpoint(covered, forwarded_committed.get(partition, 0))
+            future = producer.send(changelog, key=CHECKPOINT_KEY, value=checkpoint.encode(), partition=partition)
             future.add_errback(errors.append)
         producer.flush()
     finally:

@@ -35,6 +35,7 @@ from .transaction import BatchKind, PartitionTransaction, Ports, TxOutcome, TxSt
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_MAX = 5000
+MAX_GAP_REWINDS = 3
 
 __all__ = [
     "DEFAULT_BATCH_MAX",
@@ -92,6 +93,8 @@ class FeatureSetAgent:
             source=ConsumerSource(app),
         )
         self.in_flight: set[asyncio.Task] = set()
+        self.gap_rewinds: dict[tuple, int] = {}  # (kind, partition, checkpoint position) -> rewinds so far
+        self.accepted_gaps: dict[tuple, int] = {}  # (kind, partition) -> first offset after a real gap
         metrics.touch(feature_set.name)
         # One declared agent on both topics: Faust subscribes them and assigns their partitions with the
         # table's. CrashingSupervisor: an error that escapes stops the worker instead of restarting it.
@@ -130,12 +133,46 @@ class FeatureSetAgent:
                 raise
             if outcome.state is TxState.ABANDONED:
                 release(self.app.consumer, messages[start + self.batch_max :])
+                if outcome.gaps:
+                    await self._rewind(kind, messages[start:], outcome.gaps)
                 return
+
+    async def _rewind(self, kind: BatchKind, unprocessed: Sequence, gaps: dict[int, tuple[int, int]]) -> None:
+        """Fetch again what a gap left out: each gap partition from its checkpoint, every other partition
+        of the unprocessed messages from its first one (they were released, not applied). A gap found
+        again at the same place after ``MAX_GAP_REWINDS`` rewinds is real (the offsets are gone from the
+        topic: retention, compaction): the next batch goes on from where the topic resumes."""
+        topic = self.topics.source if kind is BatchKind.SOURCE else self.topics.repartition
+        targets: dict[int, int] = {}
+        for m in unprocessed:
+            targets[m.partition] = min(targets.get(m.partition, m.offset), m.offset)
+        for partition, (position, first) in sorted(gaps.items()):
+            key = (kind, partition, position)
+            self.gap_rewinds[key] = self.gap_rewinds.get(key, 0) + 1
+            if self.gap_rewinds[key] > MAX_GAP_REWINDS:
+                log.warning(
+                    "%s: offsets %d..%d of %s[%d] are not in the topic (retention or compaction removed "
+                    "them, or transaction markers): going on from %d",
+                    self.feature_set.name, position, first - 1, topic, partition, first,
+                )
+                self.accepted_gaps[(kind, partition)] = first
+                self.metrics.gaps.labels(self.feature_set.name, "accepted").inc()
+                continue
+            log.error(
+                "%s: %s[%d] delivered offset %d while this state's checkpoint is at %d: rewinding to %d "
+                "(attempt %d)", self.feature_set.name, topic, partition, first, position, position,
+                self.gap_rewinds[key],
+            )  # fmt: skip
+            self.metrics.gaps.labels(self.feature_set.name, "rewound").inc()
+            targets[partition] = position
+        for partition, offset in sorted(targets.items()):
+            await self.ports.source.rewind(topic, partition, offset)
 
     async def transact(self, kind: BatchKind, messages: Sequence) -> TxOutcome:
         """Run one transaction as a task of its own, shielded: cancelling the caller does not cut it short."""
         token = messages[0].generation_id if messages else self.app.consumer_generation_id
-        tx = PartitionTransaction(self.processor, kind, messages, token, self.ports, now_ms)
+        accept = {p: first for (k, p), first in self.accepted_gaps.items() if k is kind}
+        tx = PartitionTransaction(self.processor, kind, messages, token, self.ports, now_ms, accept_gaps=accept)
         started = time.perf_counter()
         task = asyncio.ensure_future(tx.run())
         self.in_flight.add(task)

@@ -127,11 +127,17 @@ async def _drain_messages(self, fetcher) -> None:
             ait = getmany(timeout=1.0)
             await self.sleep(0)
             if not self.should_stop:
+                redelivered: dict = {}
                 async for tp, message in ait:
                     offset = message.offset
                     r_offset = get_read_offset(tp)
-                    if not (r_offset is None or offset >= r_offset):
-                        continue  # fetched again after a seek: already delivered
+                    if r_offset is not None and offset < r_offset and tp.topic in handlers:
+                        # Fetched again after a seek. Faust would skip it as delivered; but a message
+                        # delivered before the seek may not have been applied (its batch abandoned), so it
+                        # goes to its transaction, which skips what its checkpoint says is done.
+                        redelivered[tp] = redelivered.get(tp, 0) + 1
+                    elif not (r_offset is None or offset >= r_offset):
+                        continue  # Faust's own topics: fetched again after a seek, already delivered
                     gap = offset - (r_offset or 0)
                     if gap > 1 and r_offset and acks_enabled_for(message.topic):
                         await self._add_gap(tp, r_offset + 1, offset)
@@ -153,6 +159,8 @@ async def _drain_messages(self, fetcher) -> None:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
                 unset_flag(CONSUMER_FETCHING)
+                for tp, n in redelivered.items():
+                    log.info("%d message(s) of %s redelivered below its read offset after a seek", n, tp)
             try:
                 await deliver(self, app, batches, handlers)
             except Exception as exc:

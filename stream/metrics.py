@@ -53,6 +53,12 @@ class WorkerMetrics:
             "featurestream_events_duplicate",
             "Redelivered events skipped because their offset was already applied", label, registry=r,
         )
+        self.gaps = Counter(
+            "featurestream_source_gaps",
+            "Batches that began past their partition's checkpoint: rewound to fetch the records in between, "
+            "or accepted once those offsets proved gone from the topic",
+            ["feature_set", "outcome"], registry=r,
+        )
         self.key_mismatches = Counter(
             "featurestream_events_key_mismatch",
             "Records whose Kafka key is not the entity key (producer misconfiguration)", label, registry=r,

@@ -102,6 +102,12 @@ class ConsumerSource:
     def release(self, messages: Sequence) -> None:
         release(self.app.consumer, messages)
 
+    async def rewind(self, topic: str, partition: int, offset: int) -> None:
+        """Fetch ``topic``'s ``partition`` again from ``offset`` (Faust's seek also resets its read offset)."""
+        from faust.types import TP
+
+        await self.app.consumer.seek(TP(topic, partition), offset)
+
 
 def release(consumer, messages: Sequence) -> None:
     """Forget messages that will not be acked: untracked (Faust's ``wait_empty`` no longer waits for

@@ -16,11 +16,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from aggregations.definitions import FeatureSet
+from aggregations.naming import BY_ENTITY_SUFFIX
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 4
-REPARTITION_SUFFIX = ".by-entity"
+REPARTITION_SUFFIX = BY_ENTITY_SUFFIX
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ steps which make online state effectively once. Each step, and what a crash or a
 
 1. **started**: the fence holds (the messages belong to the current consumer generation and no
    rebalance is under way), else the batch is *abandoned* with nothing written: the messages are
-   released (never acked) and their partitions replay from the committed offsets.
+   released (never acked) and their partitions replay from the committed offsets. A batch that begins
+   past its partition's checkpoint (records in between never reached this state: messages fetched
+   before a seek and delivered after it) is abandoned too, with the gap, for the caller to rewind.
 2. **processed** (pure, ``BatchProcessor``): records below their partition's checkpoint are skipped
    whole (handled before a crash); the rest become state writes, dead letters, late events and
    forwards. The fence is checked again; a rebalance begun meanwhile abandons the batch, nothing written.
@@ -33,7 +35,7 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -113,12 +115,20 @@ class Ports:
 @dataclass
 class TxOutcome:
     """What a transaction did: its final state, the processed result, and how many messages it skipped
-    as already handled (below their partition's checkpoint)."""
+    as already handled (below their partition's checkpoint). ``gaps``: partitions whose batch began past
+    their checkpoint, {partition: (checkpoint position, first offset)}: the batch was abandoned so that
+    the caller rewinds them."""
 
     state: TxState
     result: BatchResult = field(default_factory=BatchResult)
     skipped: int = 0
     reason: str = ""
+    gaps: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+#: A batch may begin this many offsets past its partition's checkpoint without being a gap: transaction
+#: markers of transactional producers take offsets that are never delivered.
+GAP_TOLERANCE = 2
 
 
 class PartitionTransaction:
@@ -133,8 +143,12 @@ class PartitionTransaction:
         ports: Ports,
         now_ms: Callable[[], int],
         on_step: Callable[[TxState], Any] | None = None,
+        accept_gaps: Mapping[int, int] | None = None,
     ):
+        """``accept_gaps``: {partition: first offset} of gaps already found to be real (the offsets do not
+        exist in the topic any more: retention, compaction), so a batch starting there proceeds."""
         self.processor = processor
+        self.accept_gaps = dict(accept_gaps or {})
         self.kind = kind
         self.messages = list(messages)
         self.token = token
@@ -171,7 +185,12 @@ class PartitionTransaction:
         ports = self.ports
         if not ports.fence.may_start(self.token):
             return self._abandon("a rebalance began before the batch started")
-        checkpoints = self._checkpoints()
+        checkpoints, present = self._checkpoints()
+        gaps = self._gaps(checkpoints, present)
+        if gaps:
+            outcome = self._abandon(f"the batch begins past its checkpoint {gaps}")
+            outcome.gaps = gaps
+            return outcome
         fresh = [m for m in self.messages if m.offset >= self._position(checkpoints[m.partition])]
         skipped = len(self.messages) - len(fresh)
         result, writes = self._process(fresh)
@@ -215,9 +234,25 @@ class PartitionTransaction:
         self._step(TxState.COMPLETE)
         return TxOutcome(TxState.COMPLETE, result, skipped)
 
-    def _checkpoints(self) -> dict[int, Checkpoint]:
+    def _checkpoints(self) -> tuple[dict[int, Checkpoint], set[int]]:
+        """Each partition's checkpoint, and the partitions that have one (a state that never ran has none)."""
         partitions = sorted({m.partition for m in self.messages})
-        return {p: Checkpoint.decode(self.ports.store.load(p, [CHECKPOINT_KEY])[0]) for p in partitions}
+        blobs = {p: self.ports.store.load(p, [CHECKPOINT_KEY])[0] for p in partitions}
+        return {p: Checkpoint.decode(b) for p, b in blobs.items()}, {p for p, b in blobs.items() if b}
+
+    def _gaps(self, checkpoints: dict[int, Checkpoint], present: set[int]) -> dict[int, tuple[int, int]]:
+        """Partitions whose messages begin past their checkpoint: records in between were never applied
+        to this state. Messages delivered out of order after a seek are the known cause; a rewind to the
+        checkpoint fetches what is missing."""
+        first: dict[int, int] = {}
+        for m in self.messages:
+            first[m.partition] = min(first.get(m.partition, m.offset), m.offset)
+        gaps = {}
+        for p, offset in first.items():
+            position = self._position(checkpoints[p])
+            if p in present and offset > position + GAP_TOLERANCE and self.accept_gaps.get(p) != offset:
+                gaps[p] = (position, offset)
+        return gaps
 
     def _position(self, checkpoint: Checkpoint) -> int:
         return checkpoint.source if self.kind is BatchKind.SOURCE else checkpoint.by_entity

@@ -183,6 +183,6 @@ def test_online_state_rebuilt_from_the_object_store_equals_the_local_rebuild(s3_
     now = 200_000
 
     def states(store):
-        return {(s.partition, s.key, s.value) for part in rebuild_states(PAY, store, now, partitions=2) for s in part.states}
+        return {(s.partition, s.key, s.value) for part in rebuild_states(PAY, store, now, 3, partitions=2) for s in part.states}
 
     assert states(s3_store) == states(tmp_path) and states(tmp_path)

@@ -325,6 +325,23 @@ def test_a_replay_below_the_checkpoint_is_skipped_whole_so_side_records_are_not_
     assert (rig.dlq.end(0), rig.late.end(0), sum(rig.forward.end(p) for p in range(PARTITIONS))) == before
 
 
+def test_a_batch_that_begins_past_its_checkpoint_is_abandoned_with_the_gap():
+    # Messages fetched before a seek and delivered after it can skip records this state never applied.
+    rig = Rig()
+    run(transaction(rig, mixed_batch(0)))  # checkpoint of partition 0: 4
+    user = next(f"u{i}" for i in range(100) if at_home(f"u{i}") == 0)
+    ahead = [message(0, o, {"user_id": user, "ts": NOW - 1000, "amount": 1.0}) for o in (40, 41)]
+    changelog_before = rig.changelog.end(0)
+    outcome = run(transaction(rig, ahead))
+    assert outcome.state is TxState.ABANDONED and outcome.gaps == {0: (4, 40)}
+    assert rig.changelog.end(0) == changelog_before and rig.source.released[-2:] == ahead
+    # Once the offsets in between prove gone from the topic, the caller accepts the gap.
+    processor = BatchProcessor(FS, "pay", partitions=PARTITIONS)
+    accepted = PartitionTransaction(processor, BatchKind.SOURCE, ahead, 1, rig.ports(), lambda: NOW, accept_gaps={0: 40})
+    assert run(accepted).state is TxState.COMPLETE
+    assert Checkpoint.decode(rig.store.data[0][CHECKPOINT_KEY]).source == 42
+
+
 def test_forwarded_copies_in_one_batch_count_once():
     rig = Rig()
     user = "u1"
@@ -352,8 +369,10 @@ class SimWorker:
     def pending(self, topic: str, log: Log) -> list[tuple[int, int]]:
         return [(p, self.committed.get((topic, p), 0)) for p in range(PARTITIONS) if self.committed.get((topic, p), 0) < log.end(p)]
 
-    def fetch(self, topic: str, log: Log, partition: int) -> list:
-        start = self.committed.get((topic, partition), 0)
+    def fetch(self, topic: str, log: Log, partition: int, skip: int = 0) -> list:
+        """The next batch from the committed offset; ``skip`` > 0 delivers it that far ahead, as messages
+        fetched before a seek and delivered after it would be."""
+        start = self.committed.get((topic, partition), 0) + skip
         out = []
         for offset in range(start, min(log.end(partition), start + self.batch)):
             key, value, headers = log.records[partition][offset]
@@ -391,8 +410,15 @@ def simulate(events: list[tuple[int, dict | bytes]], faults: list[tuple[int, str
         if not work:
             return w
         topic, log, partition = work[n % len(work)]
-        messages = w.fetch(topic, log, partition)
         fault = faults.pop(n, None)
+        # Delivered ahead of the committed offset (fetched before a seek, delivered after it): only a
+        # partition this state has processed before can be told from a fresh start, by its checkpoint.
+        ahead = fault == "fetch:skip-ahead" and w.committed.get((topic, partition), 0) > 0
+        if fault == "fetch:skip-ahead" and not ahead:
+            faults.setdefault(n + 1, fault)  # not applicable here: try it at the next transaction
+        messages = w.fetch(topic, log, partition, skip=3 if ahead else 0)
+        if not messages:
+            messages = w.fetch(topic, log, partition)
         n += 1
         kind = BatchKind.SOURCE if topic == "src" else BatchKind.FORWARDED
 
@@ -431,7 +457,8 @@ def simulate(events: list[tuple[int, dict | bytes]], faults: list[tuple[int, str
 
 FAULTS = st.sampled_from(
     ["started:rebalance", "processed:crash", "processed:rebalance", "prepared:crash", "prepared:rebalance",
-     "prepared:expel", "stored:crash", "complete:crash", "send:crash", "store:crash", "side-ack:crash"]
+     "prepared:expel", "stored:crash", "complete:crash", "send:crash", "store:crash", "side-ack:crash",
+     "fetch:skip-ahead"]
 )  # fmt: skip
 
 users = st.sampled_from([f"u{i}" for i in range(6)])
