@@ -449,8 +449,12 @@ def test_restart_keeps_values_and_counts_nothing_twice(run):
     after = snapshot(worker, users)
     for user in users:
         assert_oracle(events, after[user], user)
-        for name in ("amount_count_90d", "amount_sum_90d", "amount_max_90d", "amount_last_90d"):
+        for name in ("amount_count_90d", "amount_max_90d", "amount_last_90d"):
             assert after[user]["features"][name] == before[user]["features"][name], (user, name)
+        # A read at another time may merge the same tiles in another order (which tiles are whole periods
+        # depends on t): float sums agree within the contract's 1e-9 relative, not to the last bit.
+        got, was = after[user]["features"]["amount_sum_90d"], before[user]["features"]["amount_sum_90d"]
+        assert math.isclose(got, was, rel_tol=1e-9), (user, got, was)
     assert worker.metric("featurestream_events_applied_total") == 0
 
 
