@@ -48,12 +48,18 @@ def default_group(fs: FeatureSet, app_id: str = DEFAULT_APP_ID) -> str:
 
 @dataclass
 class SinkStats:
-    """Counters of one sink run."""
+    """Counters of one sink run, per record: each record this run settles (flushes) counts once, in exactly
+    one of ``written``, ``invalid`` or ``duplicates``, and ``consumed`` is their sum.
 
-    consumed: int = 0  # records polled from Kafka
+    A record read again within the run is not counted again: records dropped from a buffer by a rebalance
+    count when they are re-read and flushed, and records re-read after this run flushed them (a commit that
+    did not land before a rebalance) are skipped uncounted.
+    """
+
+    consumed: int = 0  # records settled: written + invalid + duplicates
     written: int = 0  # valid events written to Parquet
     invalid: int = 0  # events that failed decoding or validation (skipped)
-    duplicates: int = 0  # records already in the dataset (skipped after a restart)
+    duplicates: int = 0  # records already in the dataset when read (e.g. written before a restart)
     files: int = 0
     flushes: int = 0
     commit_failures: int = 0
@@ -68,9 +74,12 @@ class SinkStats:
 
 @dataclass
 class _Buffer:
+    """Records of one partition read since the last flush: the new ones, and how many were read in all."""
+
     payloads: list = field(default_factory=list)
     offsets: list = field(default_factory=list)
     arrivals: list = field(default_factory=list)
+    read: int = 0  # records read into this buffer, new or already in the dataset
 
 
 @dataclass
@@ -127,6 +136,7 @@ class ParquetSink:
         self._generation = 0  # bumped by every assignment change
         self._unflushed_from: dict[int, int] = {}  # partition -> first offset accepted since the last flush
         self._seek_back: dict[int, int] = {}  # partition -> offset to re-read from (its buffer was dropped)
+        self._settled: dict[int, int] = {}  # partition -> offset after the last record this run flushed
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -175,8 +185,7 @@ class ParquetSink:
         last_flush = started
         end_offsets: dict | None = None
         try:
-            self._await_topic(consumer, once, assignment_timeout_s)
-            consumer.subscribe([self.topic], listener=_Listener(self))
+            self._subscribe(consumer, once, assignment_timeout_s)
             log.info("sink %s: topic %r -> %s (group %s)", self.fs.name, self.topic, self.root, self.group)
             unassigned_since = time.monotonic()
             while not self._stop.is_set():
@@ -207,11 +216,16 @@ class ParquetSink:
                                 f"{assignment_timeout_s:.0f}s (is another sink of group {self.group!r} running?)"
                             )
                         if now - unassigned_since > RESUBSCRIBE_AFTER_S:
-                            # kafka-python may miss the topic's metadata at the first join and then keep an
-                            # empty assignment: subscribing again makes the group rebalance.
+                            # Still nothing assigned: subscribing again makes the group rebalance (a safety
+                            # net, logged so that it is visible whenever it is needed).
+                            log.info(
+                                "sink %s: no partition assigned yet; rejoining group %s",
+                                self.fs.name,
+                                self.group,
+                            )
                             consumer.unsubscribe()
-                            consumer.subscribe([self.topic], listener=_Listener(self))
-                            unassigned_since = now
+                            self._subscribe(consumer, once, assignment_timeout_s)
+                            unassigned_since = time.monotonic()
                         continue
                     if end_offsets is None or set(end_offsets) != assigned:
                         end_offsets = consumer.end_offsets(sorted(assigned))
@@ -223,11 +237,24 @@ class ParquetSink:
         log.info("sink %s: %s", self.fs.name, self.stats.summary())
         return self.stats
 
+    def _subscribe(self, consumer, once: bool, timeout_s: float) -> None:
+        """Subscribe, then wait until the consumer's metadata holds the topic's partitions.
+
+        Order matters: kafka-python snapshots the subscribed topics' partitions on each metadata update, and
+        a group leader that assigns before any update since ``subscribe`` records an empty snapshot; the
+        next update then differs from it and forces a second rebalance a moment after the first, dropping
+        and re-reading whatever was polled in between. Loading metadata after subscribing makes the first
+        assignment final.
+        """
+        consumer.subscribe([self.topic], listener=_Listener(self))
+        self._await_topic(consumer, once, timeout_s)
+
     def _await_topic(self, consumer, once: bool, timeout_s: float) -> None:
-        """Wait until the topic exists (its metadata is loaded before the group join assigns partitions)."""
+        """Wait until the topic exists: each check is a metadata fetch (``topics()``), which also updates the
+        subscription's partition snapshot."""
         deadline = time.monotonic() + timeout_s
         warned = False
-        while not consumer.partitions_for_topic(self.topic):
+        while self.topic not in consumer.topics() or not consumer.partitions_for_topic(self.topic):
             if self._stop.is_set():
                 return
             if once and time.monotonic() > deadline:
@@ -244,6 +271,15 @@ class ParquetSink:
         if not records:
             return
         offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
+        self._to_commit[partition] = max(self._to_commit.get(partition, 0), int(offsets.max()) + 1)
+        self._unflushed_from.setdefault(partition, int(offsets.min()))
+        settled = self._settled.get(partition, 0)
+        if offsets.min() < settled:  # flushed by this run already (its commit did not land): skip, uncounted
+            keep = offsets >= settled
+            records = [r for r, k in zip(records, keep.tolist(), strict=True) if k]
+            offsets = offsets[keep]
+            if not records:
+                return
         known = self._known.get(partition)
         if known is None:  # first records since this partition was assigned
             removed = remove_temps(self.root, partition)
@@ -259,17 +295,14 @@ class ParquetSink:
                     f", removed {removed} temporary files" if removed else "",
                 )
         new = known.mask_new(offsets)
-        self.stats.consumed += len(records)
-        self.stats.duplicates += int(len(records) - new.sum())
         buffer = self._buffers.setdefault(partition, _Buffer())
+        buffer.read += len(records)
         for record, keep in zip(records, new.tolist(), strict=True):
             if keep:
                 buffer.payloads.append(record.value)
                 buffer.offsets.append(record.offset)
                 buffer.arrivals.append(record.timestamp)
         self._pending += int(new.sum())
-        self._to_commit[partition] = max(self._to_commit.get(partition, 0), int(offsets.max()) + 1)
-        self._unflushed_from.setdefault(partition, int(offsets.min()))
 
     def _seek_dropped(self, consumer, polled) -> None:
         """Re-read buffers dropped by a rebalance that left the partition with us.
@@ -306,6 +339,8 @@ class ParquetSink:
             written = self.stats.written
             for partition, buffer in sorted(buffers.items()):
                 self._write(partition, buffer)
+            for partition, end in commits.items():  # every record read up to there is settled now
+                self._settled[partition] = max(self._settled.get(partition, 0), end)
             if buffers:
                 self.stats.flushes += 1
                 log.debug(
@@ -331,6 +366,9 @@ class ParquetSink:
                         self._to_commit[p] = max(self._to_commit.get(p, 0), o)
 
     def _write(self, partition: int, buffer: _Buffer) -> None:
+        """Write the buffer's new events; count each record it read once (written, invalid or duplicate)."""
+        self.stats.consumed += buffer.read
+        self.stats.duplicates += buffer.read - len(buffer.payloads)
         if not buffer.payloads:
             return
         now_ms = int(time.time() * 1000)
