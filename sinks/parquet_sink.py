@@ -31,6 +31,7 @@ import numpy as np
 from aggregations import EventValidator, FeatureSet
 from aggregations.naming import DEFAULT_APP_ID
 
+from . import kafka_fixes
 from .layout import dataset_dir
 from .writer import claim_source, remove_temps, write_batch, written_offsets
 
@@ -145,6 +146,7 @@ class ParquetSink:
         self._stop.set()
 
     connect_retry_s = 1.0
+    poll_timeout_ms = 200  # how long one poll waits for records (or for a rebalance in progress)
 
     def _connect(self, consumer_class, config: dict, timeout_s: float):
         """A consumer once the broker answers: retried (with a warning each second) for ``timeout_s``, as the
@@ -165,6 +167,7 @@ class ParquetSink:
         """Consume until ``stop()`` (or, with ``once``, until the end of the topic as of assignment)."""
         from kafka import KafkaConsumer
 
+        kafka_fixes.apply()
         claim_source(self.root, self.topic)
         config = {
             "bootstrap_servers": self.bootstrap.split(","),
@@ -191,7 +194,7 @@ class ParquetSink:
             while not self._stop.is_set():
                 with self._lock:
                     generation = self._generation
-                polled = consumer.poll(timeout_ms=200)
+                polled = consumer.poll(timeout_ms=self.poll_timeout_ms)
                 with self._lock:
                     if self._generation != generation and polled:
                         # The assignment changed while we polled: these records may predate it. Rewind

@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewPartitions
 
 from aggregations import FeatureVector
 from aggregations.loading import load_registry
@@ -129,6 +131,50 @@ def test_sink_writes_each_valid_event_once_across_restarts(kafka_bootstrap, new_
     resumed = settled_once(sink(kafka_bootstrap, topic, tmp_path, group).run(once=True))
     assert resumed.written == len(more)
     assert_exactly(tmp_path, events + more)
+
+
+def wait_stored(store, events, running: threading.Thread, bound_s: float = 120.0) -> None:
+    """Until the dataset holds exactly ``events`` (a working sink takes seconds; the bound only ends a failure)."""
+    want = {(e["partition"], e["offset"]) for e in events}
+    deadline = time.monotonic() + bound_s
+    got: set = set()
+    while time.monotonic() < deadline and running.is_alive():
+        if list_parts(dataset_dir(store, FS.name)):
+            data = stored(store)
+            got = set(zip(data["_partition"], data["_offset"], strict=True))
+        if got >= want:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the sink stored {len(got & want)} of {len(want)} events (alive: {running.is_alive()})")
+
+
+def test_partitions_added_under_a_running_sink_are_consumed(kafka_bootstrap, new_topic, tmp_path):
+    """Adding partitions makes the sink's group rebalance mid-run. A poll that gives up before that rebalance
+    ends must not leave the sink stuck without partitions (the kafka-python bug fixed in sinks/kafka_fixes.py):
+    with 1 ms polls every rebalance outlives its poll."""
+    topic = new_topic(partitions=2)
+    events = produce(kafka_bootstrap, topic, n=200, seed=7)
+    running = sink(kafka_bootstrap, topic, tmp_path, f"sink-{uuid.uuid4().hex[:8]}",
+                   consumer_config={"metadata_max_age_ms": 500})  # fmt: skip
+    running.poll_timeout_ms = 1
+    thread = threading.Thread(target=running.run, name="sink", daemon=True)
+    thread.start()
+    try:
+        wait_stored(tmp_path, events, thread)
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="featurestream-tests")
+        try:
+            admin.create_partitions({topic: NewPartitions(total_count=4)})
+        finally:
+            admin.close()
+        more = produce(kafka_bootstrap, topic, n=200, seed=8)
+        assert {e["partition"] for e in more} >= {2, 3}
+        wait_stored(tmp_path, events + more, thread)
+    finally:
+        running.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert_exactly(tmp_path, events + more)
+    assert settled_once(running.stats).written == len(events) + len(more)
 
 
 class Crash(Exception):
