@@ -47,11 +47,14 @@ def svg_histogram(d: FeatureDrift) -> str:
     highest = max(float(ref.max(initial=0)), float(cur.max(initial=0))) or 1.0
     step = _tick_step(highest)
     top = step * math.ceil(highest / step - 1e-9)
-    longest = max((len(label) for label in d.labels), default=1)
-    bottom = 16 + longest * CHAR_WIDTH * math.sin(math.radians(LABEL_ANGLE))
+    longest = max((len(label) for label in d.labels), default=1) * CHAR_WIDTH
+    bottom = 16 + longest * math.sin(math.radians(LABEL_ANGLE))
     height = MARGIN_TOP + PLOT_HEIGHT + bottom
     n = len(d.labels)
-    plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
+    # The first bin's label runs down-left from under its bar: leave it room on the left too.
+    reach = longest * math.cos(math.radians(LABEL_ANGLE))
+    left = max(MARGIN_LEFT, min(WIDTH / 2, reach - (WIDTH - MARGIN_LEFT - MARGIN_RIGHT) / (2 * n) + 4))
+    plot_w = WIDTH - left - MARGIN_RIGHT
     bin_w = plot_w / n
     base = MARGIN_TOP + PLOT_HEIGHT
     name = html.escape(d.feature)
@@ -65,12 +68,12 @@ def svg_histogram(d: FeatureDrift) -> str:
         value = i * step
         y = base - PLOT_HEIGHT * value / top
         parts.append(
-            f'<line class="grid" x1="{MARGIN_LEFT}" y1="{y:.1f}" x2="{WIDTH - MARGIN_RIGHT}" y2="{y:.1f}" '
+            f'<line class="grid" x1="{left:.1f}" y1="{y:.1f}" x2="{WIDTH - MARGIN_RIGHT}" y2="{y:.1f}" '
             f'stroke="{"#888" if i == 0 else "#e4e4e4"}"/>'
-            f'<text class="tick" x="{MARGIN_LEFT - 4}" y="{y + 3:.1f}" text-anchor="end">{share(value)}</text>'
+            f'<text class="tick" x="{left - 4:.1f}" y="{y + 3:.1f}" text-anchor="end">{share(value)}</text>'
         )
     for i, label in enumerate(d.labels):
-        x = MARGIN_LEFT + i * bin_w
+        x = left + i * bin_w
         for cls, part, color, inset, opacity in (
             ("reference", ref[i], REFERENCE_COLOR, 0.08, 0.55),
             ("current", cur[i], CURRENT_COLOR, 0.28, 0.75),

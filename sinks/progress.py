@@ -14,10 +14,11 @@ LINE_EVERY_S = 10.0
 
 
 def _count(n: float) -> str:
+    """3 significant digits with a k/M/G suffix: 950, 12.3k, 4.5M."""
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
             return f"{n / scale:.3g}{suffix}"
-    return f"{n:g}"
+    return f"{n:.3g}"
 
 
 class LineProgress:

@@ -48,6 +48,11 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
     assert text.splitlines()[-1].startswith("backfill transactions: 100k of 100k events (100%), ")
     assert 2 <= len(text.splitlines()) <= 4  # every 10 s of 30, then the last
     assert isinstance(progress_bar(5, "x", "y", enabled=False, stream=Tty()), type(progress_bar(1, "x", "y", False)))
+    short = io.StringIO()
+    one = LineProgress(1, "partition", "training set", stream=short, clock=iter([0.0, 0.27, 0.27]).__next__)
+    one.update(1)
+    one.close()
+    assert short.getvalue() == "training set: 1 of 1 partitions (100%), 3.7 partitions/s, 0 s\n"
 
 
 def write_events(root: Path, amounts: list[float]) -> None:
