@@ -47,6 +47,10 @@ class Offsets:
             self.consumer.topics()  # refresh metadata
             time.sleep(0.5)
 
+    def begin(self, tps) -> dict:
+        """The first offset each partition still holds (retention and record deletion move it)."""
+        return {tp: int(o) for tp, o in self.consumer.beginning_offsets(list(tps)).items()}
+
     def end(self, tps) -> dict:
         return {tp: int(o) for tp, o in self.consumer.end_offsets(list(tps)).items()}
 

@@ -9,7 +9,8 @@ In-flight events are never counted as mismatches:
 
 1. Before reading, it takes the source topic's end offsets E and waits (``--wait-caught-up``) until both the
    worker group (``--app-id``) and the sink group (``--sink-group``) have committed at least E on every
-   partition: every event below E is then applied online and written offline. If they do not catch up in
+   partition (or E is where the partition begins: retention removed everything below it): every event
+   below E is then applied online and written offline. If they do not catch up in
    time, it reports the lag and exits 3 without comparing.
 2. After the online reads and the offline computation it takes the end offsets again (E2). Events in
    ``[E, E2)`` arrived while verifying and may be seen by one side and not the other: their entities are
@@ -90,8 +91,11 @@ class Options:
     kafka_config: dict = field(default_factory=dict)  # kafka-python TLS/SASL arguments
 
 
-def _lag(end: dict, committed: dict) -> dict[int, int]:
-    return {tp.partition: max(0, end[tp] - committed.get(tp, 0)) for tp in end}
+def _lag(end: dict, committed: dict, begin: dict) -> dict[int, int]:
+    """Per partition, the records below ``end`` a group has yet to consume: from its committed offset, or
+    from where the topic begins when retention removed more (a group never commits a partition in which it
+    found nothing to consume)."""
+    return {tp.partition: max(0, end[tp] - max(committed.get(tp, 0), begin.get(tp, 0))) for tp in end}
 
 
 def verify_set(opts: Options, offsets: Offsets, set_name: str) -> dict:
@@ -115,8 +119,9 @@ def verify_set(opts: Options, offsets: Offsets, set_name: str) -> dict:
     # 1. Wait until both sides have fully seen everything below `end`.
     deadline = time.monotonic() + opts.wait_caught_up
     while True:
-        worker_lag = _lag(end, offsets.committed(opts.app_id, tps))
-        sink_lag = _lag(end, offsets.committed(sink_group, tps))
+        begin = offsets.begin(tps)
+        worker_lag = _lag(end, offsets.committed(opts.app_id, tps), begin)
+        sink_lag = _lag(end, offsets.committed(sink_group, tps), begin)
         if not any(worker_lag.values()) and not any(sink_lag.values()):
             break
         if time.monotonic() >= deadline:

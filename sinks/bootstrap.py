@@ -17,7 +17,10 @@ Two conditions make that exact, and bootstrap checks both before writing anythin
 
 Each changelog partition ends with a checkpoint record (``aggregations.bookkeeping.Checkpoint``): the
 source offset the dataset covers there, so the worker skips what the state already holds and ``plan``
-can tell a bootstrapped state from a stale one.
+can tell a bootstrapped state from a stale one. Where retention removed more of the topic than the sink
+wrote (history older than the topic, brought in by ``ingest --offline-only``), the checkpoint is where
+the topic begins and the summary says which offsets the state may lack: the workers start there instead
+of finding a gap.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aggregations import FeatureSet
@@ -55,12 +58,22 @@ class BootstrapStats:
     applied: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    #: {source partition: (first, end)}: offsets [first, end) the dataset's sink files do not hold and the
+    #: topic no longer has (retention); the state holds those events only if a history ingest brought them.
+    gone: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.entities:,} entities from {self.events:,} events ({self.applied:,} in live windows), "
             f"{self.bytes / 1e6:.1f} MB to {self.topic} in {self.seconds:.1f} s"
         )
+        for partition, (first, end) in sorted(self.gone.items()):
+            text += (
+                f"\n  partition {partition}: offsets {first}..{end - 1} are neither in the dataset's sink files nor on "
+                f"the topic any more (retention): workers start at {end}; the state holds those events only if a "
+                "history ingest (ingest --offline-only) brought them in"
+            )
+        return text
 
 
 def dataset_topic(fs: FeatureSet, store: str | Path) -> str:
@@ -116,8 +129,8 @@ def bootstrap(
             raise BootstrapRefused(
                 f"changelog {changelog!r} has {n_changelog} partitions, source {source!r} has {n_source}"
             )
-        elif n_changelog is not None and not force and retrying(
-            lambda: _holds_records(servers, changelog, n_changelog, security), "reading the changelog's offsets"
+        elif n_changelog is not None and not force and _holds_records(
+            *retrying(lambda: _offset_range(servers, changelog, n_changelog, security), "reading the changelog's offsets")
         ):
             raise BootstrapRefused(
                 f"changelog {changelog!r} already holds state of feature set {fs.name!r} (definition "
@@ -131,6 +144,7 @@ def bootstrap(
         sink_committed = _committed(admin, sink_group or default_group(fs), source)
         frontier = dataset_frontier(fs, store)
         _check_gap(source, app_id, worker_committed, sink_committed, frontier)
+        log_start, _ = retrying(lambda: _offset_range(servers, source, n_source, security), "reading the source's offsets")
         if n_changelog is None:
             _create_changelog(admin, changelog, n_source)
     finally:
@@ -163,9 +177,13 @@ def bootstrap(
         producer.flush()
         # Last in each partition: how far its source is covered (in the dataset, or skipped by the sink as
         # invalid). A worker skips source records below it whole; `plan` compares it with the group.
+        # Offsets retention removed that the dataset's sink files do not hold either can never be applied: the
+        # workers start where the topic begins (reported: a history ingest may hold those events).
         for partition in range(n_source):
             covered = max(frontier.get(partition, 0), sink_committed.get(partition, 0))
-            checkpoint = Checkpoint(covered, forwarded_committed.get(partition, 0))
+            if log_start[partition] > covered:
+                stats.gone[partition] = (covered, log_start[partition])
+            checkpoint = Checkpoint(max(covered, log_start[partition]), forwarded_committed.get(partition, 0))
             future = producer.send(changelog, key=CHECKPOINT_KEY, value=checkpoint.encode(), partition=partition)
             future.add_errback(errors.append)
         producer.flush()
@@ -225,7 +243,14 @@ def _create_changelog(admin, topic: str, partitions: int) -> None:
     admin.wait_for_topics([topic], timeout_ms=30_000)
 
 
-def _holds_records(servers: list[str], topic: str, partitions: int, security: dict | None = None) -> bool:
+def _holds_records(begin: dict[int, int], end: dict[int, int]) -> bool:
+    return any(end[p] > begin[p] for p in begin)
+
+
+def _offset_range(
+    servers: list[str], topic: str, partitions: int, security: dict | None = None
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Per partition of ``topic``, its first offset still held (after retention) and its end offset."""
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
@@ -238,7 +263,7 @@ def _holds_records(servers: list[str], topic: str, partitions: int, security: di
         begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
     finally:
         consumer.close()
-    return any(end[tp] > begin[tp] for tp in tps)
+    return {tp.partition: begin[tp] for tp in tps}, {tp.partition: end[tp] for tp in tps}
 
 
 def _committed(admin, group: str, topic: str) -> dict[int, int]:  # admin: a Retrying client
