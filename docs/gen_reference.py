@@ -63,7 +63,9 @@ else 401 with `WWW-Authenticate: Bearer`.
 - `featurestream.ingest(feature_set, data, *, data_dir="data", broker=None, topic=None, offline_only=False,
   arrival="now", max_future="1h") -> IngestResult` (also `FeatureSet.ingest(data, **options)`): a DataFrame or
   Parquet/CSV file(s) through the stream's decoder; live: produced to the source topic (worker and sink apply
-  them); `offline_only`: written to the dataset (history), then `featurestream bootstrap`. Idempotent.
+  them); `offline_only`: written to the dataset (history, under a reserved partition of its own, 60000 and up,
+  even with other ingests running at once), then `featurestream bootstrap`. `data_dir` may be `s3://bucket/prefix`.
+  Idempotent; the same rows are refused in the other mode.
 - `featurestream.OnlineClient(url=None, *, token=None, token_file=None, timeout=5.0, connect_timeout=2.0,
   retries=3, backoff=0.1, pool_size=10)`: reads features from running workers (url default env
   `FEATURESTREAM_URL`, token default env `FEATURESTREAM_AUTH_TOKEN`). `.vector(name).get(rows, as_frame=False)`

@@ -8,16 +8,17 @@ stream); rows that fail it are reported with their reasons and never written:
   writes them to the offline store like any event, so both sides stay effectively once and ``verify``
   passes. Rows older than what online state keeps are late online (offline only), as any late event.
 * **history** (``offline_only``): the rows are written straight to the Parquet dataset, under a partition
-  number no source topic uses (``INGEST_PARTITION_BASE`` and up, below the bookkeeping's limit of 65,536:
-  the dataset's ``_ingests.json`` gives each ingest id its own; offsets are row numbers), for history older
-  than any live state or than the topic's retention. Then ``featurestream bootstrap`` builds online state
-  from the dataset.
+  number no source topic uses (60000 and up: each ingest id claims its own, safely even when several ingests
+  run at once, see ``sinks.ingest_records``; offsets are row numbers), for history older than any live state
+  or than the topic's retention. Then ``featurestream bootstrap`` builds online state from the dataset.
 
+The data dir may be a local directory or an object store (``s3://bucket/prefix``, through ``sinks.storage``).
 Re-running the same ingest does nothing twice. The ingest id is a hash of the feature set and the validated
-rows. History: the rows already in the dataset under the ingest's partition are skipped (and a run killed
-half-way is completed). Live: ``<dataset>/_ingests.json`` records when an ingest started and finished; a
-re-run of a finished one is skipped, and one that was interrupted scans the topic from its start for the
-rows already produced (their headers) and produces only the rest.
+rows; ``<dataset>/_ingests/<id>.json`` records each ingest. History: the rows already in the dataset under the
+ingest's partition are skipped (and a run killed half-way is completed). Live: the record says when the ingest
+started and finished; a re-run of a finished one is skipped, and one that was interrupted scans the topic from
+its start for the rows already produced (their headers) and produces only the rest. The same rows cannot be
+ingested both ways (they would be in the dataset twice: once through the sink, once as history).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterable
@@ -40,10 +40,9 @@ from aggregations import EventValidator, FeatureSet
 from aggregations.schema import DEFAULT_MAX_FUTURE, InvalidValue, entity_keys
 
 HEADER = "featurestream-ingest"
-INGEST_PARTITION_BASE = 60_000  # dataset partitions >= this hold history ingests: source topics stay below
-INGEST_PARTITION_LIMIT = 65_536  # aggregations.bookkeeping packs a partition into 16 bits (tie order)
-REGISTRY_FILE = "_ingests.json"
 MAX_REASONS = 20
+HISTORY_BLOCK = 100_000  # rows per write: files are per (block, day), so every run names them alike
+STALE_TEMP_S = 3600.0  # a history ingest's temporary file older than this was left by a killed run
 
 
 @dataclass
@@ -202,39 +201,44 @@ def ingest(
     return result
 
 
-def ingest_partition(root: Path, ingest_id_: str, rows: int) -> int:
-    """The dataset partition of a history ingest: the one recorded for its id, else the lowest free one."""
-    from sinks.layout import list_parts
+def _records(data_dir, fs: FeatureSet):
+    from sinks.ingest_records import IngestRecords
+    from sinks.layout import dataset_dir
 
-    registry = _Registry(root / REGISTRY_FILE)
-    entries = registry._load()
-    entry = entries.get(ingest_id_)
-    if entry and "partition" in entry:
-        return int(entry["partition"])
-    used = {int(e["partition"]) for e in entries.values() if "partition" in e}
-    used |= {p.partition for p in list_parts(root) if p.partition >= INGEST_PARTITION_BASE}
-    free = next((p for p in range(INGEST_PARTITION_BASE, INGEST_PARTITION_LIMIT) if p not in used), None)
-    if free is None:
-        raise ValueError(f"{root}: every history ingest partition is taken; compact the dataset's history")
-    registry.put(ingest_id_, {"partition": free, "rows": rows, "started_at_ms": int(time.time() * 1000)})
-    return free
+    return IngestRecords(dataset_dir(data_dir, fs.name))
+
+
+def _refuse_other_mode(record: dict | None, mode: str, ingest: str) -> None:
+    """The same rows ingested live and as history would be in the dataset twice."""
+    if not record:
+        return
+    other = "history" if "partition" in record else "live" if "topic" in record else None
+    if other is not None and other != mode:
+        where = f"partition {record['partition']}" if other == "history" else f"topic {record['topic']!r}"
+        raise ValueError(
+            f"ingest {ingest[:16]}: these rows were already ingested {other} ({where}); a {mode} ingest of them "
+            "would store them twice"
+        )
 
 
 def _write_history(fs, rows, result, data_dir, now_ms, arrival, progress) -> None:
-    from sinks.layout import dataset_dir
-    from sinks.writer import remove_temps, write_batch, written_offsets
+    from sinks.writer import write_batch, written_offsets
 
-    root = dataset_dir(data_dir, fs.name)
-    partition = result.partition = ingest_partition(root, result.ingest_id, len(rows))
-    remove_temps(root, partition)
-    done = set(written_offsets(root, partition).tolist())
-    todo = np.array([i for i in range(len(rows)) if i not in done], dtype=np.int64)
+    records = _records(data_dir, fs)
+    _refuse_other_mode(records.get(result.ingest_id), "history", result.ingest_id)
+    root = records.root
+    partition = result.partition = records.partition(result.ingest_id, len(rows))
+    _remove_stale_temps(root, partition)
+    done = written_offsets(root, partition)
+    todo = np.setdiff1d(np.arange(len(rows), dtype=np.int64), done)
     result.skipped = len(rows) - len(todo)
     validator = EventValidator(fs)
     bar = _bar(len(todo), progress, f"ingest {fs.name}")
     try:
-        for lo in range(0, len(todo), 100_000):
-            chunk = todo[lo : lo + 100_000]
+        # Whole blocks of row numbers, so a re-run (or a concurrent run of the same ingest) writes the same
+        # (block, day) files under the same names: a file is either there with all its rows, or written again.
+        for _, chunk in pd.Series(todo).groupby(todo // HISTORY_BLOCK):
+            chunk = chunk.to_numpy(dtype=np.int64)
             frame = validator.to_frame([rows[i] for i in chunk])
             ts = frame[fs.timestamp_key].to_numpy(dtype=np.int64)
             arrivals = ts if arrival == "event" else np.full(len(chunk), now_ms, dtype=np.int64)
@@ -245,14 +249,26 @@ def _write_history(fs, rows, result, data_dir, now_ms, arrival, progress) -> Non
         bar.close()
 
 
+def _remove_stale_temps(root, partition: int) -> None:
+    """Temporary files a killed run of this ingest left (local disks only: a store has none), old enough not
+    to be a concurrent run's file in progress."""
+    from sinks.layout import list_temps
+
+    for path in list_temps(root, partition):
+        try:
+            if time.time() - path.stat().st_mtime > STALE_TEMP_S:
+                path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            continue
+
+
 def _produce(fs, rows, result, data_dir, broker, topic, progress, client_config) -> None:
     from kafka import KafkaProducer
 
-    from sinks.layout import dataset_dir
-
     topic = topic or fs.source
-    registry = _Registry(dataset_dir(data_dir, fs.name) / REGISTRY_FILE)
-    entry = registry.get(result.ingest_id)
+    records = _records(data_dir, fs)
+    entry = records.get(result.ingest_id)
+    _refuse_other_mode(entry, "live", result.ingest_id)
     if entry and entry.get("finished_at_ms"):
         result.skipped = len(rows)
         return
@@ -260,9 +276,8 @@ def _produce(fs, rows, result, data_dir, broker, topic, progress, client_config)
     if entry:  # interrupted: find what it produced
         already = _produced_rows(broker, topic, result.ingest_id, entry["started_at_ms"], client_config)
     else:
-        registry.put(
-            result.ingest_id, {"topic": topic, "rows": len(rows), "started_at_ms": int(time.time() * 1000)}
-        )
+        entry = {"mode": "live", "topic": topic, "rows": len(rows), "started_at_ms": int(time.time() * 1000)}
+        records.put(result.ingest_id, entry)
     keys = entity_keys(fs, EventValidator(fs).to_frame(rows))
     producer = KafkaProducer(
         bootstrap_servers=broker, acks="all", enable_idempotence=True, linger_ms=20,
@@ -283,9 +298,7 @@ def _produce(fs, rows, result, data_dir, broker, topic, progress, client_config)
         producer.close(timeout=30)
         bar.close()
     result.skipped = len(already)
-    registry.put(
-        result.ingest_id, {**registry.get(result.ingest_id), "finished_at_ms": int(time.time() * 1000)}
-    )
+    records.put(result.ingest_id, {**entry, "finished_at_ms": int(time.time() * 1000)})
 
 
 def _produced_rows(broker: str, topic: str, ingest: str, since_ms: int, client_config: dict) -> set[int]:
@@ -318,32 +331,6 @@ def _produced_rows(broker: str, topic: str, ingest: str, since_ms: int, client_c
         return found
     finally:
         consumer.close()
-
-
-class _Registry:
-    """``<dataset>/_ingests.json``: live ingests by id (started, finished); replaced atomically."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def _load(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-
-    def get(self, key: str) -> dict | None:
-        return self._load().get(key)
-
-    def put(self, key: str, entry: dict) -> None:
-        body = self._load()
-        body[key] = entry
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
-        tmp.write_text(json.dumps(body, indent=1) + "\n")
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
 
 
 def _bar(total: int, enabled: bool, desc: str):

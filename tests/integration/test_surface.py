@@ -395,7 +395,8 @@ def test_live_ingest_reaches_the_worker_and_the_sink_once(deployment, tmp_path):
     """``featurestream ingest`` of a CSV into a running deployment: the worker and the sink apply the rows like
     any event (the oracle's values online, ``verify`` consistent); the same ingest again writes nothing; an
     interrupted one (some rows produced, not marked finished) produces only the rest."""
-    from featurestream.ingest import HEADER, REGISTRY_FILE, _Registry, ingest, ingest_id, validate
+    from featurestream.ingest import HEADER, ingest, ingest_id, validate
+    from sinks.ingest_records import IngestRecords
 
     d, client, events = deployment, deployment["client"], deployment["profile_events"]
     now = int(time.time() * 1000)
@@ -421,8 +422,8 @@ def test_live_ingest_reaches_the_worker_and_the_sink_once(deployment, tmp_path):
     frame = pd.DataFrame(later)
     rows, _, _ = validate(PROFILES, frame, int(time.time() * 1000))
     key = ingest_id(PROFILES, rows)
-    _Registry(d["data"] / "profiles" / REGISTRY_FILE).put(
-        key, {"topic": topic, "rows": len(rows), "started_at_ms": int(time.time() * 1000)}
+    IngestRecords(d["data"] / "profiles").put(
+        key, {"mode": "live", "topic": topic, "rows": len(rows), "started_at_ms": int(time.time() * 1000)}
     )
     producer = KafkaProducer(bootstrap_servers=d["bootstrap"], acks="all")
     for i in range(0, len(rows), 2):

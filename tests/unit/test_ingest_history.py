@@ -7,6 +7,9 @@ oracle), and a second run, or the completion of an interrupted one, writes nothi
 
 from __future__ import annotations
 
+import random
+import threading
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,9 +17,10 @@ import pytest
 from aggregations.loading import load_registry
 from featurestream import ingest
 from featurestream.cli import main
-from featurestream.ingest import INGEST_PARTITION_BASE, ingest_partition
 from sinks import get_offline_features, read_events
+from sinks.ingest_records import INGEST_PARTITION_BASE, IngestRecords
 from sinks.layout import dataset_dir, list_parts
+from sinks.writer import write_text_atomic
 from tests import oracle
 
 REGISTRY = load_registry("examples/transactions/features.py")
@@ -48,7 +52,7 @@ def test_history_is_validated_written_once_and_computed_like_the_stream(tmp_path
     )
     assert (result.rows, result.valid, result.rejected, result.written) == (502, 500, 2, 500)
     assert "in the future" in result.reasons[0] and "missing entity key 'user_id'" in result.reasons[1]
-    assert result.partition == ingest_partition(dataset_dir(tmp_path, "transactions"), result.ingest_id, 500)
+    assert result.partition == IngestRecords(dataset_dir(tmp_path, "transactions")).partition(result.ingest_id, 500)
     assert result.partition == INGEST_PARTITION_BASE  # the first history ingest of this dataset
     other = ingest(TX, history.iloc[:10], data_dir=tmp_path, offline_only=True)
     assert other.partition == INGEST_PARTITION_BASE + 1  # another ingest, its own partition
@@ -116,3 +120,76 @@ def test_cli_reads_csv_and_directories(tmp_path, capsys):
     assert len(read_events(TX, tmp_path / "data")) == 40
     assert main(["ingest", "--set", "transactions", str(tmp_path / "nope.csv"), "--offline-only"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_history_ingests_at_the_same_moment_keep_distinct_partitions(tmp_path):
+    """Six ingests start together (one of them twice): each distinct ingest keeps its own reserved partition,
+    the duplicate run shares its twin's, and every row is stored exactly once."""
+    batches = [_history(60 + 10 * i, seed=20 + i) for i in range(6)]
+    runs = [*batches, batches[0]]
+    start = threading.Barrier(len(runs))
+    results: list = [None] * len(runs)
+
+    def run(i: int) -> None:
+        start.wait()
+        results[i] = ingest(TX, runs[i], data_dir=tmp_path, offline_only=True)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(runs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    partitions = [r.partition for r in results]
+    assert len(set(partitions[:6])) == 6 and partitions[6] == partitions[0]
+    assert min(partitions) == INGEST_PARTITION_BASE and max(partitions) == INGEST_PARTITION_BASE + 5
+    stored = read_events(TX, tmp_path)
+    assert len(stored) == sum(len(b) for b in batches)
+    for r, batch in zip(results, batches, strict=False):
+        offsets = stored.loc[stored["_partition"] == r.partition, "_offset"]
+        assert sorted(offsets) == list(range(len(batch)))
+    records = IngestRecords(dataset_dir(tmp_path, "transactions"))
+    assert {records.get(r.ingest_id)["partition"] for r in results} == set(partitions)
+
+
+def test_a_claim_that_meets_another_is_withdrawn(tmp_path):
+    """The race the claims guard against: another ingest writes its claim on the same partition between this
+    one's claim and its check. This one withdraws and takes the next partition; the other keeps its own."""
+    root = dataset_dir(tmp_path, "transactions")
+    mine, theirs = "a" * 64, "b" * 64
+
+    class Racing(IngestRecords):
+        checks = 0
+
+        def claims(self):
+            found = super().claims()
+            if any(owner == mine for _, owner, _ in found) and not self.checks:
+                self.checks += 1  # the other ingest claims 60000 right now, before this check lists
+                write_text_atomic(root / "_ingests" / f"p{INGEST_PARTITION_BASE}.{theirs}.0000beef.claim", "{}")
+                found = super().claims()
+            return found
+
+    assert Racing(root).partition(mine, 10, rng=random.Random(0)) == INGEST_PARTITION_BASE + 1
+    claims = sorted((p, owner) for p, owner, _ in IngestRecords(root).claims())
+    assert claims == [(INGEST_PARTITION_BASE, theirs), (INGEST_PARTITION_BASE + 1, mine)]
+    assert IngestRecords(root).partition(theirs, 10) == INGEST_PARTITION_BASE  # its check finds it alone
+
+
+def test_the_same_rows_are_not_ingested_both_ways(tmp_path):
+    history = _history(20, seed=9)
+    done = ingest(TX, history, data_dir=tmp_path, offline_only=True)
+    with pytest.raises(ValueError, match=r"already ingested history \(partition 60000\); a live ingest of them would store them twice"):
+        ingest(TX, history, data_dir=tmp_path, broker="127.0.0.1:1")
+    assert IngestRecords(dataset_dir(tmp_path, "transactions")).get(done.ingest_id)["mode"] == "history"
+
+
+def test_a_dead_runs_claim_on_a_partition_another_ingest_kept_is_cleared(tmp_path):
+    """A run killed between its claim and its check leaves the claim; if another ingest kept that partition
+    meanwhile, the next run of the same ingest deletes the dead claim (it can never be kept) and goes on."""
+    root = dataset_dir(tmp_path, "transactions")
+    mine, theirs = "c" * 64, "d" * 64
+    # The other ingest checked alone and kept 60000; the dead run listed before that claim, wrote its own after.
+    write_text_atomic(root / "_ingests" / f"p{INGEST_PARTITION_BASE}.{theirs}.0000beef.claim", "{}")
+    IngestRecords(root).put(theirs, {"mode": "history", "partition": INGEST_PARTITION_BASE})
+    write_text_atomic(root / "_ingests" / f"p{INGEST_PARTITION_BASE}.{mine}.0000dead.claim", "{}")
+    assert IngestRecords(root).partition(mine, 5) == INGEST_PARTITION_BASE + 1
+    assert (INGEST_PARTITION_BASE, mine) not in {(p, owner) for p, owner, _ in IngestRecords(root).claims()}
