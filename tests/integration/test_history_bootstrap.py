@@ -24,8 +24,8 @@ from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import OffsetSpec
 from kafka.structs import TopicPartition
 
-from featurestream.ingest import INGEST_PARTITION_BASE
 from sinks import ParquetSink, read_events
+from sinks.ingest_records import INGEST_PARTITION_BASE
 from sinks.parquet_sink import default_group
 from tests.integration.test_worker import REPO_ROOT, TX, Events, Worker, assert_oracle, http
 
