@@ -45,6 +45,8 @@ def format_text(report: dict) -> str:
         approx = [f"{name} ({f['approx_differ']})" for name, f in s["features"].items() if f.get("approx_differ")]
         if approx:
             lines.append(f"  approximate sketches that differ (expected within their error bound): {', '.join(approx)}")
+        if s.get("skipped_on_read"):
+            lines.append(f"  not compared (on-read, they need a request's inputs): {', '.join(s['skipped_on_read'])}")
         if s["inconsistent_features"]:
             lines.append(f"  INCONSISTENT: {', '.join(s['inconsistent_features'])}")
     return "\n".join(lines)

@@ -122,6 +122,8 @@ def test_agreement_exits_zero(deployment):
     text = cli(*verify_args(deployment, deployment["data"], "--max-entities", "7"))
     assert text.returncode == 0, text.stdout + text.stderr
     assert "CONSISTENT" in text.stdout and "7 sampled" in text.stdout
+    assert s["skipped_on_read"] == ["amount_vs_avg_90d"]
+    assert "not compared (on-read, they need a request's inputs): amount_vs_avg_90d" in text.stdout
 
 
 def test_corrupted_amounts_are_reported_per_feature(deployment):
