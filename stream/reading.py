@@ -1,8 +1,9 @@
 """Reads of online state: entity state blobs -> JSON-ready feature values at a time t.
 
-The values come from ``aggregations.kernel.read`` (the window contract) and on-read features from
-``aggregations.compute.apply_on_read``; this module only decodes state, picks names and makes the
-result JSON-safe (NaN and ±Infinity -> null, numpy scalars -> Python). No Faust here, so it is unit-testable.
+The values come from ``aggregations.entity_read`` (the window contract, read for a few entities at one
+time) and on-read features from ``aggregations.compute.apply_on_read``; this module only picks names and
+makes the result JSON-safe (NaN and ±Infinity -> null, numpy scalars -> Python). No Faust here, so it is
+unit-testable.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 from aggregations.codec import EntityStateCodec
 from aggregations.compute import apply_on_read
 from aggregations.definitions import FeatureSet, FeatureVector
-from aggregations.kernel import read
+from aggregations.entity_read import EntityReader
 from aggregations.schema import MAX_ENTITY_BYTES, entity_keys  # one limit: ingest refuses longer keys too
 
 from . import http_json
@@ -39,15 +40,18 @@ class FeatureReader:
         self.feature_set = feature_set
         self.plan = feature_set.plan
         self.codec = EntityStateCodec(feature_set)
+        self.entities = EntityReader(self.codec)
         self.names = feature_set.feature_names()
+        self._known = frozenset(self.names)
         self.aggregated = [f.name for f in self.plan.features] + [f.name for f in self.plan.latest]
         self.on_read = [o.name for o in feature_set.on_read]
+        self.inputs = frozenset(c for o in feature_set.on_read for c in o.inputs)
 
     def check_features(self, wanted: Sequence[str] | None) -> list[str]:
         """The requested feature names (all when None); unknown names raise ``BadRequest``."""
         if wanted is None:
             return list(self.names)
-        unknown = [f for f in wanted if f not in self.names]
+        unknown = [f for f in wanted if f not in self._known]
         if unknown:
             raise BadRequest(
                 f"feature set {self.feature_set.name!r} has no feature(s) {unknown}; "
@@ -60,32 +64,37 @@ class FeatureReader:
         blobs: Sequence[bytes | None],
         at_ms: int,
         features: Sequence[str] | None = None,
-        request: pd.DataFrame | None = None,
+        request: pd.DataFrame | Sequence[Mapping] | None = None,
     ) -> list[dict]:
         """Features of each entity (blob None = no state: empty windows) at ``at_ms``, one dict per blob.
 
-        ``request`` holds per-entity request columns (e.g. the amount being scored) for on-read features;
-        an on-read feature whose inputs are absent is null.
+        ``request`` holds per-entity request columns (e.g. the amount being scored) for on-read features, as
+        a frame or one mapping per entity; an on-read feature whose inputs are absent is null.
         """
         names = self.check_features(features)
         n = len(blobs)
-        if n and all(b is None for b in blobs):
-            values = self._empty_values(n)  # unknown entities: no kernel call per request
-        else:
-            levels, _ = self.codec.decode_many(list(blobs))
-            values = read(self.plan, levels, np.arange(n, dtype=np.int64), np.full(n, at_ms, dtype=np.int64))
-        columns = {name: json_values(values[name]) for name in names if name in values}
         derived = [name for name in names if name in self.on_read]
+        request = _request_frame(request, self.inputs) if derived else None
+        computed = derived and request is not None and any(
+            set(o.inputs) <= set(request.columns) for o in self.feature_set.on_read if o.name in derived
+        )
+        wanted = None if computed or features is None else [name for name in names if name not in self.on_read]
+        if n and all(b is None for b in blobs):
+            values = self._empty_values(n)  # unknown entities: no read per request
+        else:
+            values = self.entities.read(blobs, at_ms, wanted)
+        columns = {name: json_values(values[name]) for name in names if name in values}
         if derived:
-            columns.update(self._on_read_columns(derived, values, request, n))
+            columns.update(self._on_read_columns(derived, values, request if computed else None, n))
+        if n == 1:
+            return [{name: columns[name][0] for name in names}]
         return [{name: columns[name][i] for name in names} for i in range(n)]
 
     def _empty_values(self, n: int) -> dict:
         """Aggregated features of n entities without state (empty windows: the same at any time)."""
         empty = self.__dict__.get("_empty")
         if empty is None:
-            levels, _ = self.codec.decode_many([None])
-            empty = self._empty = read(self.plan, levels, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
+            empty = self._empty = self.entities.read([None], 0)
         return {name: np.repeat(column, n) for name, column in empty.items()}
 
     def _on_read_columns(
@@ -100,6 +109,15 @@ class FeatureReader:
         req = request if request is not None else pd.DataFrame(index=range(n))
         frame = apply_on_read(self.feature_set, req.reset_index(drop=True), frame)
         return {name: json_values(frame[name].to_numpy()) for name in derived}
+
+
+def _request_frame(request, inputs: frozenset) -> pd.DataFrame | None:
+    """Request rows as a frame, or None when they carry none of the on-read inputs (no frame to build)."""
+    if request is None or isinstance(request, pd.DataFrame):
+        return request
+    if not any(column in row for row in request for column in inputs):
+        return None
+    return pd.DataFrame.from_records(list(request)) if request else None
 
 
 def json_values(values: np.ndarray) -> list:
@@ -132,9 +150,12 @@ def parse_feature_list(raw: str | None) -> list[str] | None:
     return names or None
 
 
-def request_columns(feature_set: FeatureSet, query: Mapping[str, str]) -> pd.DataFrame:
-    """Query-string inputs of a single GET (e.g. ``?amount=12.5``) typed by the schema, for on-read features."""
+def request_columns(feature_set: FeatureSet, query: Mapping[str, str]) -> pd.DataFrame | None:
+    """Query-string inputs of a single GET (e.g. ``?amount=12.5``) typed by the schema, for on-read features;
+    None when the query holds none of them."""
     inputs = {c for o in feature_set.on_read for c in o.inputs}
+    if not any(column in query for column in inputs):
+        return None
     row = {}
     for column in sorted(inputs):
         if column not in query:

@@ -2,9 +2,9 @@
 
 * ``GET /features/{feature_set}/{entity}[?features=a,b]`` -> ``{"entity", "at", "features"}`` at
   t = now (ms), per the window contract; an entity without state reads as empty windows. Each set
-  has its own route decorated with ``app.table_route(table, match_info="entity")``, so a request
-  for a key whose partition another worker owns is forwarded there; a catch-all route answers 404
-  for unknown sets. Query parameters named like on-read inputs (e.g. ``amount``) feed on-read features.
+  has its own route; a key whose partition is active here is read from that partition's store
+  (``LocalState``), any other is forwarded by Faust's router to the worker that owns it; a catch-all
+  route answers 404 for unknown sets. Query parameters named like on-read inputs (e.g. ``amount``) feed on-read features.
 * ``POST /vectors/{vector}`` with ``{"entities": [{...}, ...]}`` (at most 1000) -> one result per
   entity with the vector's features, on-read ones included. Keys owned here are read locally in
   one batch; keys owned elsewhere are fetched one by one from their owner's GET view.
@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import pandas as pd
+from faust.exceptions import SameNode
+from faust.types import TP
 from yarl import URL
 
 from aggregations.definitions import Registry
@@ -33,6 +34,7 @@ from aggregations.definitions import Registry
 from . import auth
 from .http_metrics import install_http_metrics
 from .metrics import WorkerMetrics
+from .partitioning import entity_partition
 from .reading import (
     BadRequest,
     FeatureReader,
@@ -114,22 +116,60 @@ def register_views(app, ctx: ServingContext) -> None:
             return self.bytes(ctx.metrics.render(), headers={"Content-Type": ctx.metrics.content_type})
 
 
+class LocalState:
+    """One table's state of the keys this worker owns, read straight from the key's partition store.
+
+    A key's partition is its home partition (``aggregations.bookkeeping``), the one Faust's router hashes
+    it to. ``get`` answers ``(True, blob)`` when that partition is active here, ``(False, None)`` when it is
+    not (another worker owns it, or the assignment is not settled): the view then lets Faust's router
+    forward the request. One RocksDB get, where the table's own ``get`` may probe every partition's store.
+    """
+
+    def __init__(self, app, table, partitions: int | None):
+        self.app = app
+        self.table = table
+        self.partitions = partitions
+        self._tps: dict[int, Any] = {}
+
+    def get(self, key: bytes) -> tuple[bool, bytes | None]:
+        if not self.partitions:
+            return False, None
+        partition = entity_partition(key, self.partitions)
+        tp = self._tps.get(partition)
+        if tp is None:
+            tp = self._tps[partition] = TP(self.table.changelog_topic.get_topic_name(), partition)
+        if not self.app.assignor.is_active(tp):
+            return False, None
+        return True, self.table.data._db_for_partition(partition).get(key)
+
+
 def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:
     table = ctx.tables[set_name]
     reader = ctx.readers[set_name]
     fs = ctx.registry.feature_sets[set_name]
+    topics = ctx.extra.get("topics", {}).get(set_name)
+    local = ctx.extra.setdefault("local_state", {})[set_name] = LocalState(
+        app, table, topics.partitions if topics is not None else None
+    )
+    sample = ctx.extra["served_sample"]
 
     class FeaturesOfEntity(View):
-        @app.table_route(table=table, match_info="entity")
         async def get(self, request, entity: str):
             try:
                 features = reader.check_features(parse_feature_list(request.query.get("features")))
                 req = request_columns(fs, request.query)
             except BadRequest as exc:
                 return self.json({"error": str(exc)}, status=400)
+            key = entity.encode("utf-8", "surrogatepass")
+            here, blob = local.get(key)
+            if not here:  # owned elsewhere, or not known yet: Faust's router forwards or reads its table
+                try:
+                    return await app.router.route_req(table.name, entity, self.web, request)
+                except SameNode:
+                    blob = table.get(key)
             at = now_ms()
-            (values,) = reader.read([table.get(entity.encode())], at, features, req)
-            ctx.extra["served_sample"].record("feature_set", set_name, [values])
+            (values,) = reader.read([blob], at, features, req)
+            sample.record("feature_set", set_name, [values])
             return self.json({"entity": entity, "at": at, "features": values})
 
     FeaturesOfEntity.__name__ = f"FeaturesOf_{set_name}"
@@ -165,14 +205,19 @@ async def _vector_response(app, ctx: ServingContext, view: View, request, vector
     names = output_names(vector, resolved)
     at = now_ms()
     results: list[dict] = [{"entity": e, "features": {}} for e in entities]
-    request_frame = pd.DataFrame.from_records(entities) if entities else pd.DataFrame()
     for set_name, features in resolved.items():
         fs = ctx.registry.feature_sets[set_name]
         table = ctx.tables[set_name]
         keys = vector_entity_keys(fs, entities)
-        local = [_is_local(app, table, k) for k in keys]
-        blobs = [table.get(k.encode()) if here else None for k, here in zip(keys, local, strict=True)]
-        values = ctx.readers[set_name].read(blobs, at, features, request_frame)
+        state = ctx.extra["local_state"][set_name]
+        local, blobs = [], []
+        for k in keys:
+            here, blob = state.get(k.encode("utf-8", "surrogatepass"))
+            if not here and _is_local(app, table, k):  # the router says here although not active yet
+                here, blob = True, table.get(k.encode("utf-8", "surrogatepass"))
+            local.append(here)
+            blobs.append(blob)
+        values = ctx.readers[set_name].read(blobs, at, features, entities)
         remote = [i for i, here in enumerate(local) if not here]
         if remote:  # keys other workers own: asked concurrently, one GET each
             answers = await asyncio.gather(
