@@ -59,6 +59,45 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+_M = np.uint32(0x5BD1E995)
+
+
+def murmur2_many(keys: Sequence[bytes]) -> np.ndarray:
+    """``murmur2`` of every key (uint32), vectorized over the keys of each length."""
+    lengths = np.fromiter(map(len, keys), np.int64, len(keys))
+    out = np.empty(len(keys), dtype=np.uint32)
+    for length in np.unique(lengths).tolist():
+        rows = np.flatnonzero(lengths == length)
+        data = np.frombuffer(b"".join([keys[i] for i in rows.tolist()]), dtype=np.uint8).reshape(len(rows), length)
+        h = np.full(len(rows), (0x9747B28C ^ length) & 0xFFFFFFFF, dtype=np.uint32)
+        words = length // 4
+        if words:
+            blocks = np.ascontiguousarray(data[:, : 4 * words]).view("<u4")
+            for j in range(words):
+                k = blocks[:, j] * _M
+                k ^= k >> np.uint32(24)
+                k *= _M
+                h = (h * _M) ^ k
+        tail, extra = 4 * words, length & 3
+        if extra == 3:
+            h ^= data[:, tail + 2].astype(np.uint32) << np.uint32(16)
+        if extra >= 2:
+            h ^= data[:, tail + 1].astype(np.uint32) << np.uint32(8)
+        if extra >= 1:
+            h ^= data[:, tail].astype(np.uint32)
+            h *= _M
+        h ^= h >> np.uint32(13)
+        h *= _M
+        h ^= h >> np.uint32(15)
+        out[rows] = h
+    return out
+
+
+def home_partitions(keys: Sequence[bytes], partitions: int) -> np.ndarray:
+    """``home_partition`` of every key (int64), vectorized."""
+    return ((murmur2_many(keys) & np.uint32(0x7FFFFFFF)) % np.uint32(partitions)).astype(np.int64)
+
+
 def home_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` among ``partitions``: the entity's home."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -360,9 +360,24 @@ def _gather(matrix: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.n
     return matrix[index]
 
 
+_NO_EXTRA = b"\x00\x00\x00\x00"
+_SLOT_HEADS: dict[str, bytes] = {}  # "0" -> b"\x01\x010": one slot, its name's length and name
+
+
 def _meta_bytes(meta: dict, codec_extra: dict | None) -> bytes:
     """The slots, extra length and extra JSON of one entity's meta (``fp`` is the codec's own)."""
     offsets = meta.get(OFFSETS_META)
+    if codec_extra is None and offsets is not None and len(offsets) == 1 and (
+        len(meta) == 1 or (len(meta) == 2 and FINGERPRINT_META in meta)
+    ):  # the usual entity: one slot, nothing else
+        ((slot, offset),) = offsets.items()
+        head = _SLOT_HEADS.get(slot)
+        if head is None and type(slot) is str and len(slot.encode()) <= 255:
+            head = bytes((1, len(slot.encode()))) + slot.encode()
+            if len(_SLOT_HEADS) < 4096:
+                _SLOT_HEADS[slot] = head
+        if head is not None and type(offset) is int and _I64_MIN <= offset <= _I64_MAX:
+            return head + _I64.pack(offset) + _NO_EXTRA
     slots = _pack_slots(offsets) if offsets else b"\x00"
     extra = {k: v for k, v in meta.items() if k not in _NOT_EXTRA}
     if slots is None:  # not representable as slots: kept as JSON
@@ -371,7 +386,7 @@ def _meta_bytes(meta: dict, codec_extra: dict | None) -> bytes:
     if codec_extra:
         extra.update(codec_extra)
     if not extra:
-        return slots + b"\x00\x00\x00\x00"
+        return slots + _NO_EXTRA
     text = json.dumps(extra, separators=(",", ":")).encode()
     return slots + _U32.pack(len(text)) + text
 

@@ -5,8 +5,9 @@ table's RocksDB databases (rocksdict). Thin on purpose: the order of things is `
   batch may be stored while the group coordinator's live generation is still the batch's.
 * ``KafkaChangelog``: aiokafka's producer directly (Faust's wrapper adds a sensor callback per record);
   all of a batch's records are handed over before any is awaited.
-* ``TableStore``: one multi-get per partition; one RocksDB WriteBatch per partition holding the blobs
-  and the highest changelog offset they reach (Faust's persisted offset, where recovery resumes).
+* ``TableStore``: one multi-get per partition of what the table's ``StateCache`` does not hold; one RocksDB
+  WriteBatch per partition holding the blobs and the highest changelog offset they reach (Faust's persisted
+  offset, where recovery resumes), then the cache updated.
 * ``ConsumerSource``: acks through Faust's consumer; releases by untracking the messages and forgetting
   their partitions' read offsets, so the messages fetched again after the seek are delivered.
 * ``KafkaSideOutputs``: dead letters, late events and forwards; one too large for its topic becomes a
@@ -26,6 +27,7 @@ from .envelope import Envelope, envelope, without_payload
 from .forwarding import origin_header
 from .partitioning import entity_partition
 from .processor import BatchResult
+from .state_cache import StateCache
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +55,52 @@ class GenerationFence:
 
 
 class KafkaChangelog:
-    """Produces records to one table's changelog topic (partition = the source partition)."""
+    """Produces records to one table's changelog topic (partition = the source partition), as record batches
+    built in place (aiokafka's ``create_batch``/``send_batch``): no per-record coroutine or future."""
 
     def __init__(self, app, topic: str):
         self.app = app
         self.topic = topic
 
-    async def send(self, key: bytes, value: bytes, partition: int) -> Awaitable[int]:
-        future = await self.app.producer._ensure_producer().send(self.topic, value, key=key, partition=partition)
-        return _offset_of(future)
+    async def send_batch(self, records: Sequence[tuple[bytes, bytes]], partition: int) -> Awaitable[int]:
+        producer = self.app.producer._ensure_producer()
+        sent = []  # (future of a batch, its record count)
+        batch = producer.create_batch()
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                if batch.record_count():
+                    sent.append((await producer.send_batch(batch, self.topic, partition=partition), batch.record_count()))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:  # larger than a batch: alone
+                    sent.append((await producer.send(self.topic, value, key=key, partition=partition), 0))
+                    batch = producer.create_batch()
+        if batch.record_count():
+            sent.append((await producer.send_batch(batch, self.topic, partition=partition), batch.record_count()))
+        return _last_offset(sent)
 
 
-async def _offset_of(future) -> int:
-    return (await future).offset  # raises if the broker refused the record
+async def _last_offset(sent) -> int:
+    """The offset of the last record of the batches (raises if the broker refused any)."""
+    last = -1
+    for future, count in sent:
+        metadata = await future
+        last = max(last, metadata.offset + max(count - 1, 0))
+    return last
 
 
 class TableStore:
-    """A Faust table's RocksDB store, per partition (keys and values are raw bytes)."""
+    """A Faust table's RocksDB store, per partition (keys and values are raw bytes), read through the
+    table's ``StateCache``."""
 
     def __init__(self, table):
         self.table = table
+        self.cache = StateCache.of(table)
 
     def _db(self, partition: int):
         return self.table.data._db_for_partition(partition)
 
     def load(self, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
-        return self._db(partition).get(list(keys))
+        return self.cache.get_many(partition, keys)
 
     def write(self, partition: int, items: Sequence[tuple[bytes, bytes]], changelog_offset: int) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
@@ -86,6 +108,7 @@ class TableStore:
             batch.put(key, value)
         batch.put(self.table.data.offset_key, str(int(changelog_offset)).encode())
         self._db(partition).write(batch)
+        self.cache.stored(partition, items)
 
 
 class ConsumerSource:

@@ -33,6 +33,7 @@ from aggregations.bookkeeping import (
     applied_offsets,
     duplicate_mask,
     forwarded_slot,
+    home_partitions,
     tie_seq,
     updated_offsets,
     with_offset,
@@ -44,7 +45,6 @@ from aggregations.kernel import late_cutoff
 from aggregations.schema import DEFAULT_MAX_FUTURE, EventValidator, entity_keys
 
 from .envelope import Envelope, envelope
-from .partitioning import entity_partition
 
 __all__ = [
     "OFFSETS",
@@ -235,12 +235,12 @@ class BatchProcessor:
     ) -> BatchResult:
         fs = self.feature_set
         result = BatchResult(consumed=len(records))
-        rows, positions, rejects = self.validator.decode([r.value for r in records], now_ms)
+        frame, positions, rejects = self.validator.decode_frame([r.value for r in records], now_ms)
         result.dead = [self._dead(records[rej.index], rej.reason) for rej in rejects]
-        if not rows:
+        if not positions:
             return result
 
-        frame = apply_transforms(fs, self.validator.to_frame(rows))
+        frame = apply_transforms(fs, frame)
         keys = entity_keys(fs, frame)
         valid = [records[i] for i in positions]
         if self.partitions and slot is None:
@@ -294,7 +294,7 @@ class BatchProcessor:
         # Hash each distinct entity once, not each event.
         codes, uniques = pd.factorize(keys)
         encoded = [str(k).encode() for k in uniques]
-        home = np.fromiter((entity_partition(k, n) for k in encoded), np.int64, len(encoded))
+        home = home_partitions(encoded, n)
         arrived = np.fromiter((r.partition for r in valid), np.int64, len(valid))
         misplaced = arrived != home[codes]
         if not misplaced.any():

@@ -23,6 +23,8 @@ from aggregations.bookkeeping import (
 )
 from aggregations.codec import EntityStateCodec, StateMismatch
 
+from .state_cache import StateCache
+
 log = logging.getLogger(__name__)
 
 
@@ -62,11 +64,16 @@ def forward_only(store, codec: EntityStateCodec, events: Iterable) -> Iterator:
 
 
 def install(table, codec: EntityStateCodec) -> None:
-    """Make ``table``'s changelog recovery (active and standby) skip records that move state backwards."""
+    """Make ``table``'s changelog recovery (active and standby) skip records that move state backwards, and
+    drop the keys it writes from the table's ``StateCache``."""
+    cache = StateCache.of(table)
 
     def apply_changelog_batch(batch: Iterable) -> None:
+        events = list(batch)
+        for event in events:
+            cache.invalidate(event.message.partition, (event.message.key,))
         table.data.apply_changelog_batch(
-            forward_only(table.data, codec, batch), to_key=table._to_key, to_value=table._to_value
+            forward_only(table.data, codec, events), to_key=table._to_key, to_value=table._to_value
         )
 
     table.apply_changelog_batch = apply_changelog_batch

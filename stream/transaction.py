@@ -73,9 +73,10 @@ class Fence(Protocol):
 
 
 class Changelog(Protocol):
-    """Produces table records; ``send`` hands one over and returns an awaitable of its offset."""
+    """Produces table records; ``send_batch`` hands over records of one partition, in order, and returns an
+    awaitable of the last one's offset (it fails if any record was refused)."""
 
-    async def send(self, key: bytes, value: bytes, partition: int) -> Awaitable[int]: ...
+    async def send_batch(self, records: Sequence[tuple[bytes, bytes]], partition: int) -> Awaitable[int]: ...
 
 
 class SideOutputs(Protocol):
@@ -203,28 +204,29 @@ class PartitionTransaction:
         if not ports.fence.may_start(self.token):
             return self._abandon("a rebalance began while the batch was processed", result)
 
-        state_acks = [await ports.changelog.send(w.key, w.value, w.partition) for w in writes]
-        self._unawaited = list(state_acks)
+        items: dict[int, list[tuple[bytes, bytes]]] = {}
+        for w in writes:
+            items.setdefault(w.partition, []).append((w.key, w.value))
+        state_acks = []
+        for partition, batch in sorted(items.items()):
+            ack = await ports.changelog.send_batch(batch, partition)
+            self._unawaited.append(ack)
+            state_acks.append((partition, ack))
         side_acks = await ports.side.send(result)
         self._unawaited.append(side_acks)
         await side_acks  # side records durable before any checkpoint that covers them
         check_acks = []
         for partition, checkpoint in sorted(checkpoints.items()):
-            ack = await ports.changelog.send(CHECKPOINT_KEY, checkpoint.encode(), partition)
+            ack = await ports.changelog.send_batch([(CHECKPOINT_KEY, checkpoint.encode())], partition)
             self._unawaited.append(ack)
             check_acks.append((partition, ack))
         top: dict[int, int] = {}
-        for w, ack in zip(writes, state_acks, strict=True):
-            top[w.partition] = max(top.get(w.partition, -1), await ack)
-        for partition, ack in check_acks:
+        for partition, ack in state_acks + check_acks:
             top[partition] = max(top.get(partition, -1), await ack)
         self._step(TxState.PREPARED)
 
         if not ports.fence.owns(self.token):
             return self._abandon("the group moved on while the changelog was written", result)
-        items: dict[int, list[tuple[bytes, bytes]]] = {}
-        for w in writes:
-            items.setdefault(w.partition, []).append((w.key, w.value))
         for partition, checkpoint in checkpoints.items():
             items.setdefault(partition, []).append((CHECKPOINT_KEY, checkpoint.encode()))
         for partition, batch in sorted(items.items()):

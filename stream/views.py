@@ -46,6 +46,7 @@ from .reading import (
     vector_entity_keys,
 )
 from .served_sample import ServedSample, register_sample_view
+from .state_cache import StateCache
 from .strict_view import StrictJSONView as View
 
 
@@ -122,13 +123,15 @@ class LocalState:
     A key's partition is its home partition (``aggregations.bookkeeping``), the one Faust's router hashes
     it to. ``get`` answers ``(True, blob)`` when that partition is active here, ``(False, None)`` when it is
     not (another worker owns it, or the assignment is not settled): the view then lets Faust's router
-    forward the request. One RocksDB get, where the table's own ``get`` may probe every partition's store.
+    forward the request. One lookup in the table's ``StateCache`` (else one RocksDB get), where the table's
+    own ``get`` may probe every partition's store.
     """
 
     def __init__(self, app, table, partitions: int | None):
         self.app = app
         self.table = table
         self.partitions = partitions
+        self.cache = StateCache.of(table)
         self._tps: dict[int, Any] = {}
 
     def get(self, key: bytes) -> tuple[bool, bytes | None]:
@@ -140,7 +143,7 @@ class LocalState:
             tp = self._tps[partition] = TP(self.table.changelog_topic.get_topic_name(), partition)
         if not self.app.assignor.is_active(tp):
             return False, None
-        return True, self.table.data._db_for_partition(partition).get(key)
+        return True, self.cache.get(partition, key)
 
 
 def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:

@@ -9,6 +9,7 @@ import asyncio
 from collections import defaultdict, namedtuple
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import rocksdict
 
@@ -319,5 +320,46 @@ def test_recovery_never_moves_an_entitys_state_backwards(tmp_path):
     newer = state_after(15)
     table.apply_changelog_batch([event(b"u1", newer, 103)])
     assert applied == [newer]
+    for db in data.dbs.values():
+        db.close()
+
+
+def test_murmur2_matches_kafka_and_the_vectorized_hash_matches_it():
+    from aggregations.bookkeeping import home_partitions, murmur2, murmur2_many
+
+    # org.apache.kafka.common.utils.UtilsTest#testMurmur2 (signed 32-bit results)
+    cases = {b"21": -973932308, b"foobar": -790332482, b"a-little-bit-long-string": -985981536,
+             b"a-little-bit-longer-string": -1486304829, b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+             b"abc": 479470107}  # fmt: skip
+    for key, signed in cases.items():
+        assert murmur2(key) == signed & 0xFFFFFFFF
+    rng = np.random.default_rng(4)
+    keys = [rng.bytes(int(n)) for n in rng.integers(0, 40, 3000)] + list(cases)
+    assert murmur2_many(keys).tolist() == [murmur2(k) for k in keys]
+    assert home_partitions(keys, 7).tolist() == [(murmur2(k) & 0x7FFFFFFF) % 7 for k in keys]
+
+
+def test_the_state_cache_answers_what_rocksdb_holds(tmp_path):
+    from stream.state_cache import StateCache
+
+    data = FakeTableData(tmp_path)
+    app = SimpleNamespace(consumer_generation_id=1)
+    table = SimpleNamespace(data=data, app=app)
+    store = TableStore(table)
+    cache = StateCache.of(table)
+    assert store.cache is cache
+    store.write(0, [(b"a", b"1")], changelog_offset=1)
+    data._db_for_partition(0)[b"b"] = b"2"
+    assert store.load(0, [b"a", b"b", b"c"]) == [b"1", b"2", None]  # a written through, b filled from RocksDB
+    data._db_for_partition(0)[b"a"] = b"recovered"  # another writer: Faust's recovery, which invalidates
+    assert store.load(0, [b"a"]) == [b"1"]
+    cache.invalidate(0, [b"a"])
+    assert store.load(0, [b"a"]) == [b"recovered"]
+    data._db_for_partition(0)[b"b"] = b"3"
+    app.consumer_generation_id = 2  # a rebalance: everything is read again
+    assert cache.get(0, b"b") == b"3"
+    small = StateCache(SimpleNamespace(data=data), max_bytes=1000)
+    small.stored(1, [(bytes([i]), b"x" * 100) for i in range(50)])
+    assert small._bytes <= 1000 and small.get(1, bytes([49])) == b"x" * 100  # the newest kept
     for db in data.dbs.values():
         db.close()

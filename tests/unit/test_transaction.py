@@ -73,11 +73,16 @@ class FakeChangelog:
     def __init__(self, log: Log, crash_at_send: int | None = None):
         self.log, self.sends, self.crash_at_send = log, 0, crash_at_send
 
-    async def send(self, key, value, partition):
-        self.sends += 1
-        if self.crash_at_send is not None and self.sends >= self.crash_at_send:
-            raise Crash(f"changelog send {self.sends}")
-        return _done(self.log.append(partition, key, value))
+    async def send_batch(self, records, partition):
+        """Records reach the log one by one, so a crash can leave any prefix of a batch (a superset of what
+        Kafka, which appends a record batch whole, can leave)."""
+        last = -1
+        for key, value in records:
+            self.sends += 1
+            if self.crash_at_send is not None and self.sends >= self.crash_at_send:
+                raise Crash(f"changelog send {self.sends}")
+            last = self.log.append(partition, key, value)
+        return _done(last)
 
 
 class FakeSide:
