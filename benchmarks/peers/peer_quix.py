@@ -2,7 +2,7 @@
 
 Runs in benchmarks/peers/.venvs/quixstreams (never in the project venv):
 
-    python peer_quix.py BROKER TOPIC EVENTS STATE_DIR [full|light]
+    python peer_quix.py BROKER TOPIC EVENTS STATE_DIR [full|hopping|light]
 
 Consumes TOPIC from the beginning with a fresh consumer group (JSON values
 ``{"user_id", "ts", "amount"}``, key = user_id, event time = ``ts``), and keeps, per user, three
@@ -10,7 +10,9 @@ sliding windows (1h, 1d, 90d; Quix's ``sliding_window``: step 1 ms, both ends in
 count, sum, mean, min, max and latest of ``amount`` (18 values, like our example feature set; workload
 ``light``: one 1h window with count, sum and mean, like benchmarks/peers/light_features.py), emitting
 the current values on every event (``.current()``), state in RocksDB with changelog topics (Quix's
-defaults, as our worker keeps a RocksDB table with a changelog). The rate is measured from the first
+defaults, as our worker keeps a RocksDB table with a changelog). Workload ``hopping`` is what a Quix user would
+pick for tiled features: hopping windows of the same lengths whose step is our tile period (1h by 5m, 1d by
+1h, 90d by 1d), the same six aggregations, emitted when a window closes (``.final()``). The rate is measured from the first
 consumed message to the EVENTS-th one, as our benchmark does for the worker. The last stdout line is
 JSON: events, seconds, rate, cpu_share.
 """
@@ -28,6 +30,7 @@ from quixstreams import Application
 from quixstreams.dataframe.windows import aggregations as agg
 
 WINDOWS_MS = {"1h": 3_600_000, "1d": 86_400_000, "90d": 90 * 86_400_000}
+STEPS_MS = {"1h": 300_000, "1d": 3_600_000, "90d": 86_400_000}  # our default tile periods of those windows
 
 
 def _cpu() -> float:
@@ -76,6 +79,16 @@ def main(argv: list[str]) -> int:
                 max=agg.Max("amount"),
                 last=agg.Latest("amount"),
             ).current()
+    elif workload == "hopping":  # the same 3 windows x 6 ops, as hopping windows stepped by our tile period
+        for label, duration in WINDOWS_MS.items():
+            sdf.hopping_window(duration_ms=duration, step_ms=STEPS_MS[label], name=f"amount_{label}").agg(
+                count=agg.Count("amount"),
+                sum=agg.Sum("amount"),
+                avg=agg.Mean("amount"),
+                min=agg.Min("amount"),
+                max=agg.Max("amount"),
+                last=agg.Latest("amount"),
+            ).final()
     elif workload == "light":  # benchmarks/peers/light_features.py: one 1h window x count/sum/avg
         sdf.sliding_window(duration_ms=WINDOWS_MS["1h"], name="amount_1h").agg(
             count=agg.Count("amount"), sum=agg.Sum("amount"), avg=agg.Mean("amount")

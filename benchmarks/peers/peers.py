@@ -12,14 +12,16 @@ wiped), Redis on 19396, our worker's HTTP on 19401, ``feast serve`` on 19402. Ev
 1. ingest (vs Quix Streams): ``--ingest-events`` sample payments (``featurestream.samples``, seed 7, event
    times over the last day) pre-filled into a fresh 4-partition topic per repetition; our worker
    (``benchmarks/online.py``'s Worker and ``measure_ingest``: the rate from the first consumed micro-batch to
-   the last event, startup excluded) and Quix Streams (``peer_quix.py``: sliding windows 1h/1d/90d, each with
-   count/sum/mean/min/max/latest of amount per user, ``.current()``, from the first message on) each
-   consume the whole topic with a fresh consumer group.
+   the last event, startup excluded) and Quix Streams (``peer_quix.py``: windows 1h/1d/90d, each with
+   count/sum/mean/min/max/latest of amount per user, from the first message on; sliding windows with
+   ``.current()``, and for the full workload also hopping windows stepped by our tile periods with
+   ``.final()``, the windows a Quix user would pick for tiled features) each consume the whole topic with a
+   fresh consumer group.
 2. online reads (vs ``feast serve`` + Redis): the worker of the last ingest repetition, idle, answers
    ``GET /features/transactions/{user}`` (all 18 features); Feast serves the same 18 values per user
-   (computed with our ``preview``, materialized into Redis) on ``POST /get-online-features``. The same
-   client (``http.client`` keep-alive connections, threads in this process) sends ``--reads-1`` requests
-   from 1 client and ``--reads-32`` from 32 clients to random users; latency is client side.
+   (computed with our ``preview``, materialized into Redis) on ``POST /get-online-features``. Both are driven by
+   ``wrk`` (``benchmarks/httpload.py``: one thread, a random user per request) at 1, 8 and 32 connections for
+   ``--read-seconds`` each; req/s and wrk's p50/p99/p999, plus the server's CPU time per request.
 3. offline (vs Feast's file offline store): ``benchmarks/offline.py``'s data (``--offline-events`` events,
    ``--offline-users`` users, 90 days, sink layout for ours, one Parquet file for Feast) and query rows
    (``--queries``); the feature is the latest amount within 7 days (ours: a FeatureSet with ``last`` over
@@ -40,7 +42,6 @@ import http.client
 import json
 import os
 import platform
-import random
 import resource
 import signal
 import socket
@@ -48,7 +49,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -62,11 +62,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import offline as off  # noqa: E402  benchmarks/offline.py
 import online as onl  # noqa: E402  benchmarks/online.py
+from httpload import run_wrk, wrk_path  # noqa: E402  benchmarks/httpload.py
 
 from aggregations.schema import to_epoch_ms  # noqa: E402
 
 KAFKA_PORT, KAFKA_DATA = 19392, "/tmp/peers-kafka"
 REDIS_PORT, WORKER_PORT, FEAST_PORT = 19396, 19401, 19402
+READ_CONNECTIONS = (1, 8, 32)
 VENVS = HERE / ".venvs"
 DAY_MS = 86_400_000
 FEATURES = [
@@ -248,7 +250,7 @@ def ingest(args, broker: str, work: Path, reads_events: pd.DataFrame, results: d
 
     onl._free_ports = lambda n: [WORKER_PORT + i for i in range(n)]  # our HTTP port range, not a random one
     onl.POLL_S = 0.02  # /metrics polls: ours takes ~1 s for these sizes, 0.1 s would be too coarse
-    out = {w: {"ours": [], "quix": []} for w in WORKLOADS}
+    out = {w: {"ours": [], "quix": [], "quix_hopping": []} for w in WORKLOADS}
     for rep in range(args.reps):
         for workload, (definitions, span_ms, _) in WORKLOADS.items():
             prefix = f"peers{rep}{workload}-{int(time.time())}-"
@@ -256,7 +258,8 @@ def ingest(args, broker: str, work: Path, reads_events: pd.DataFrame, results: d
             # same seed every time; event times end now, so a repetition minutes later sees no more late events
             events = sample_events(args.ingest_events, users=args.ingest_users, seed=7, span_ms=span_ms)
             onl.prefill(broker, topic, events, 4)
-            for side in ["ours", "quix"] if rep % 2 == 0 else ["quix", "ours"]:
+            sides = ["ours", "quix", "quix_hopping"] if workload == "full" else ["ours", "quix"]
+            for side in sides if rep % 2 == 0 else sides[::-1]:
                 late = ""
                 if side == "ours":
                     onl.DEFINITIONS = definitions  # read by Worker() for --definitions
@@ -273,8 +276,9 @@ def ingest(args, broker: str, work: Path, reads_events: pd.DataFrame, results: d
                         m["metrics"].get("featurestream_events_late_total", 0)
                     )
                 else:
+                    quix_workload = "hopping" if side == "quix_hopping" else workload
                     cmd = [peer_python("quixstreams"), str(HERE / "peer_quix.py"), broker, topic, str(len(events)),
-                           str(work / f"quix-{prefix}"), workload]  # fmt: skip
+                           str(work / f"{side}-{prefix}"), quix_workload]  # fmt: skip
                     r = run_json(cmd, timeout=1800)
                     results["versions"]["quixstreams"] = r["version"]
                     rate, seconds, cpu = r["rate"], r["seconds"], r["cpu_share"]
@@ -294,51 +298,6 @@ def ingest(args, broker: str, work: Path, reads_events: pd.DataFrame, results: d
 
 
 # -- 2. online reads ---------------------------------------------------------------------------------
-
-
-def load(port: int, make, users: list[str], total: int, clients: int, seed: int) -> dict:
-    """``total`` requests to random users over ``clients`` threads, one keep-alive connection each."""
-    per = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
-    lat: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
-    barrier = threading.Barrier(clients + 1)
-
-    def client(i: int) -> None:
-        rng = random.Random(seed * 1000 + i)
-        reqs = [make(rng.choice(users)) for _ in range(per[i])]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.connect()
-        barrier.wait()
-        for method, path, body, headers in reqs:
-            t = time.perf_counter()
-            try:
-                conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                ok = resp.status == 200 and resp.read()
-            except (OSError, http.client.HTTPException):
-                ok = False
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            lat[i].append(time.perf_counter() - t)
-            errors[i] += not ok
-        conn.close()
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    flat = np.concatenate([np.asarray(x) for x in lat]) * 1000
-    return {
-        "p50": float(np.percentile(flat, 50)),
-        "p99": float(np.percentile(flat, 99)),
-        "rate": flat.size / wall,
-        "errors": sum(errors),
-        "requests": int(flat.size),
-    }
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -389,47 +348,43 @@ def reads(args, services: Services, worker, work: Path, events: pd.DataFrame, re
     services.start_feast(work / "feast_online", work / "feast_serve.log")
 
     refs = [f"transactions_online:{n}" for n in FEATURES]
-    json_headers = {"Content-Type": "application/json"}
-
-    def ours_req(user):
-        return ("GET", f"/features/transactions/{user}", None, {})
-
-    def feast_req(user):
-        return (
-            "POST",
-            "/get-online-features",
-            json.dumps({"features": refs, "entities": {"user_id": [user]}}),
-            json_headers,
-        )
-
+    feast_body = json.dumps({"features": refs, "entities": {"user_id": ["@ENTITY@"]}})
+    users_file = work / "read-users.txt"
+    users_file.write_text("\n".join(users) + "\n")
     # sanity: both answer with values for a user
     probe = users[0]
-    for port, make in ((WORKER_PORT, ours_req), (FEAST_PORT, feast_req)):
+    for port, method, path, body in (
+        (WORKER_PORT, "GET", f"/features/transactions/{probe}", None),
+        (FEAST_PORT, "POST", "/get-online-features", feast_body.replace("@ENTITY@", probe)),
+    ):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        method, path, body, headers = make(probe)
-        conn.request(method, path, body=body, headers=headers)
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         text = resp.read().decode()
         if resp.status != 200:
             raise RuntimeError(f"port {port}: {resp.status} {text[:500]}")
         conn.close()
-    out = {s: {1: [], 32: []} for s in ("ours", "feast")}
-    sides = {  # port, request, server processes whose CPU time counts (Feast: feast serve's tree and Redis)
-        "ours": (WORKER_PORT, ours_req, [worker.proc.pid]),
-        "feast": (FEAST_PORT, feast_req, [services.feast.pid, services.redis.pid]),
-    }
+    out = {s: {c: [] for c in READ_CONNECTIONS} for s in ("ours", "feast")}
+    sides = {  # wrk arguments, server processes whose CPU time counts (Feast: feast serve's tree and Redis)
+        "ours": (dict(base_url=f"http://127.0.0.1:{WORKER_PORT}", path_prefix="/features/transactions/"), [worker.proc.pid]),
+        "feast": (
+            dict(base_url=f"http://127.0.0.1:{FEAST_PORT}", path_prefix="/get-online-features", body=feast_body),
+            [services.feast.pid, services.redis.pid],
+        ),
+    }  # fmt: skip
     for rep in range(args.reps):
         for side in ["ours", "feast"] if rep % 2 == 0 else ["feast", "ours"]:
-            port, make, pids = sides[side]
-            load(port, make, users, args.warmup, 1, 99 + rep)
-            for clients, total in ((1, args.reads_1), (32, args.reads_32)):
+            target, pids = sides[side]
+            run_wrk(connections=8, seconds=2, entities_file=users_file, **target)  # warm up: untimed
+            for c in READ_CONNECTIONS:
                 cpu0 = sum(tree_cpu_s(pid) for pid in pids)
-                m = load(port, make, users, total, clients, rep)
-                m["server_cpu_ms"] = 1000 * (sum(tree_cpu_s(pid) for pid in pids) - cpu0) / m["requests"]
-                out[side][clients].append(m)
+                w = run_wrk(connections=c, seconds=args.read_seconds, entities_file=users_file, **target)
+                m = w.as_dict()
+                m["server_cpu_ms"] = 1000 * (sum(tree_cpu_s(pid) for pid in pids) - cpu0) / max(1, w.requests)
+                out[side][c].append(m)
                 log(
-                    f"reads rep {rep + 1}: {side} {clients:2d} client(s) p50 {m['p50']:.2f} ms p99 {m['p99']:.2f} ms "
-                    f"{m['rate']:,.0f} req/s, server CPU {m['server_cpu_ms']:.2f} ms/request, {m['errors']} errors"
+                    f"reads rep {rep + 1}: {side} {c:2d} connection(s) {w.rate:,.0f} req/s p50 {w.p50:.2f} ms p99 "
+                    f"{w.p99:.2f} ms p999 {w.p999:.2f} ms, server CPU {m['server_cpu_ms']:.2f} ms/request, {w.errors} errors"
                 )
     results["reads"] = out
 
@@ -693,17 +648,30 @@ def table(args, results: dict) -> str:
             (
                 f"Ingest from a pre-filled Kafka topic, {what}, events/s",
                 f"{o:,.0f}",
-                f"Quix Streams {q:,.0f}",
+                f"Quix Streams {q:,.0f} (sliding windows)",
                 better(o / q, "faster", "slower"),
                 ">= 2x Quix",
                 verdict(o >= 2 * q),
             )
         )
+        hopping = results["ingest"][workload].get("quix_hopping")
+        if hopping:
+            h = med(hopping)
+            rows.append(
+                (
+                    f"Ingest, {what}: Quix with hopping windows stepped by our tile periods, events/s",
+                    f"{o:,.0f}",
+                    f"Quix Streams {h:,.0f} (hopping 1h/5m, 1d/1h, 90d/1d)",
+                    better(o / h, "faster", "slower"),
+                    ">= 2x Quix",
+                    verdict(o >= 2 * h),
+                )
+            )
     if "reads" in results:
         r = results["reads"]
-        for c in (1, 32):
-            o50, o99 = med([m["p50"] for m in r["ours"][c]]), med([m["p99"] for m in r["ours"][c]])
-            f50, f99 = med([m["p50"] for m in r["feast"][c]]), med([m["p99"] for m in r["feast"][c]])
+        for c in READ_CONNECTIONS:
+            o50, o99, o999 = (med([m[q] for m in r["ours"][c]]) for q in ("p50", "p99", "p999"))
+            f50, f99, f999 = (med([m[q] for m in r["feast"][c]]) for q in ("p50", "p99", "p999"))
             orate, frate = med([m["rate"] for m in r["ours"][c]]), med([m["rate"] for m in r["feast"][c]])
             ocpu, fcpu = (
                 med([m["server_cpu_ms"] for m in r["ours"][c]]),
@@ -711,10 +679,11 @@ def table(args, results: dict) -> str:
             )
             rows.append(
                 (
-                    f"Online read, {c} client{'s' if c > 1 else ''}: p50 / p99 ms (req/s; server CPU ms per request)",
-                    f"{o50:.2f} / {o99:.2f} ({orate:,.0f}/s; {ocpu:.2f})",
-                    f"feast serve + Redis {f50:.2f} / {f99:.2f} ({frate:,.0f}/s; {fcpu:.2f})",
-                    "p99 " + better(f99 / o99, "lower", "higher"),
+                    f"Online read (wrk), {c} connection{'s' if c > 1 else ''}: req/s; p50 / p99 / p999 ms; server CPU ms "
+                    "per request",
+                    f"{orate:,.0f}/s; {o50:.2f} / {o99:.2f} / {o999:.2f}; {ocpu:.2f}",
+                    f"feast serve + Redis {frate:,.0f}/s; {f50:.2f} / {f99:.2f} / {f999:.2f}; {fcpu:.2f}",
+                    better(orate / frate, "more req/s", "fewer req/s") + ", p99 " + better(f99 / o99, "lower", "higher"),
                     "p99 <= Feast",
                     verdict(o99 <= f99),
                 )
@@ -850,9 +819,14 @@ def markdown(args, results: dict, tbl: str, started: float) -> str:
         "events the key has in the window, hence the gap on the 90d window. Ours finishes in about a second at this "
         "size, so its rates carry a few percent of polling error.",
         "- **Online reads**: ours computes the 18 features from tile state at request time (GET); Feast returns "
-        "the same 18 precomputed values from Redis (POST `/get-online-features`). The clients run in the "
-        "benchmark process on the same 2 cores, so on a busy machine the server's CPU time per request (ours: the "
-        "worker process; Feast: `feast serve`'s processes plus redis-server) decides the tail as much as its design.",
+        "the same 18 precomputed values from Redis (POST `/get-online-features`). Both are driven by `wrk` (compiled, "
+        "one thread, keep-alive connections, a random user per request) at 1, 8 and 32 connections; on 2 cores wrk, "
+        "the server and (for Feast) Redis share the machine, so the server's CPU time per request (ours: the worker "
+        "process; Feast: `feast serve`'s processes plus redis-server) decides the rate as much as its design.",
+        "- **Quix windows**: `sliding` is Quix's sliding window (step 1 ms, emits on every event, `.current()`); "
+        "`hopping` is what a Quix user would pick for tiled features: hopping windows of the same lengths stepped by "
+        "our tile periods (1h by 5m, 1d by 1h, 90d by 1d), emitted when a window closes (`.final()`); each event "
+        "updates every window that contains it (12 + 24 + 90).",
         "- **Offline vs Feast**: Feast's window is `[t - 7d, t]` (an event at the query's own timestamp counts: "
         "label leakage) and it returns the latest row even when its amount is null; ours is "
         "`[floor((t - 7d) / 1h) * 1h, t)` and skips nulls. Feast returns one row per distinct "
@@ -876,8 +850,8 @@ def markdown(args, results: dict, tbl: str, started: float) -> str:
     for side, by_clients in results.get("reads", {}).items():
         for clients, ms in by_clients.items():
             out.append(
-                f"- reads, {side}, {clients} client(s): p50/p99 "
-                + ", ".join(f"{m['p50']:.2f}/{m['p99']:.2f} ms" for m in ms)
+                f"- reads, {side}, {clients} connection(s): req/s and p50/p99/p999 "
+                + ", ".join(f"{m['rate']:,.0f}/s {m['p50']:.2f}/{m['p99']:.2f}/{m['p999']:.2f} ms" for m in ms)
             )
     if "offline_feast" in results:
         r = results["offline_feast"]
@@ -924,9 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--ingest-events", type=int, default=30_000)
     p.add_argument("--ingest-users", type=int, default=15_000)
-    p.add_argument("--reads-1", type=int, default=3_000)
-    p.add_argument("--reads-32", type=int, default=10_000)
-    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--read-seconds", type=float, default=8.0, help="seconds of each wrk run (default 8)")
     p.add_argument("--offline-events", type=int, default=1_000_000)
     p.add_argument("--offline-users", type=int, default=10_000)
     p.add_argument("--queries", type=int, default=100_000)
@@ -936,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.ingest_events, args.ingest_users = 1, 15_000, 7_500
-        args.reads_1, args.reads_32, args.warmup = 500, 2_000, 50
+        args.read_seconds = 3.0
         args.offline_events, args.offline_users, args.queries, args.storey_events = (
             200_000,
             2_000,
@@ -944,6 +916,8 @@ def main(argv: list[str] | None = None) -> int:
             3_000,
         )
     phases = set(args.phases.split(","))
+    if "reads" in phases:
+        wrk_path()  # fails early, with how to install it
     started = time.time()
     signal.signal(signal.SIGTERM, onl._interrupt)
     import logging
