@@ -9,11 +9,13 @@ that case, with the same window contract and the same field and op definitions:
   finer level's, then the exact 1 ms tiles up to t, then one empty tile (so no group is empty), exactly
   the tiles ``kernel.read`` merges for that window;
 * each field reduces all (entity, window) groups at once with its own ``reduce_groups`` (ordered: the
-  rows are in time order), and each op finalizes all of them at once with its own ``finalize``.
+  rows are in time order), or its ``read_groups`` where a read differs from a merge (sketches: a read unites
+  the tiles' items, as ``reduce_ranges`` does), and each op finalizes all of them at once with its own
+  ``finalize``.
 
 The number of numpy calls is fixed by the plan, not by the entities, windows or tiles. Values equal the
-kernel's: exactly for counts, min, max, first, last and the deterministic sketches; sums and moments
-may differ in the last bits, as the tiles are added in one sequence instead of level by level.
+kernel's: exactly for counts, min, max, first, last and the sketches; sums and moments may differ in the
+last bits, as the tiles are added in one sequence instead of level by level.
 """
 
 from __future__ import annotations
@@ -160,8 +162,17 @@ class EntityReader:
                     if source is None:
                         source = rows.objects[(key, pos)]
                     arrays.append(_append(source, codec.empty_element(key, pos))[index])
-            states[key] = FIELDS[key[1]].reduce_groups(tuple(arrays), starts, ordered=True)
+            states[key] = _read_groups(FIELDS[key[1]], tuple(arrays), starts)
         return states
+
+
+def _read_groups(field, state, starts: np.ndarray):
+    """A field's state over each contiguous, time-ordered group of tiles, as a read sees it: the field's own
+    ``read_groups`` when its reads differ from its merges (sketches), else its ``reduce_groups``."""
+    read = getattr(field, "read_groups", None)
+    if read is not None:
+        return read(state, starts)
+    return field.reduce_groups(state, starts, ordered=True)
 
 
 def _append(values: np.ndarray, element) -> np.ndarray:

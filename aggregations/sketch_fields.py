@@ -117,6 +117,12 @@ class _BoundedField:
             out.append(done[(a, b)])
         return (_objects(out),)
 
+    def read_groups(self, s: State, starts: np.ndarray) -> State:
+        """What a read sees over each contiguous group of tiles (``read_combine``, as ``reduce_ranges``)."""
+        elements = s[0]
+        ends = [*starts[1:].tolist(), len(elements)]
+        return (_objects(self.read_combine(elements[a:b]) if b > a else None for a, b in zip(starts.tolist(), ends, strict=True)),)
+
     def take(self, s: State, index: np.ndarray) -> State:
         return (s[0][index],)
 

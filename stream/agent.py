@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from mode import CrashingSupervisor
 
@@ -93,6 +94,9 @@ class FeatureSetAgent:
             source=ConsumerSource(app),
         )
         self.in_flight: set[asyncio.Task] = set()
+        # Batches are folded on a thread of their own (one at a time), so the event loop keeps answering
+        # reads meanwhile; the transaction's other steps stay on the loop.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"featurestream-{feature_set.name}")
         self.gap_rewinds: dict[tuple, int] = {}  # (kind, partition, checkpoint position) -> rewinds so far
         self.accepted_gaps: dict[tuple, int] = {}  # (kind, partition) -> first offset after a real gap
         metrics.touch(feature_set.name)
@@ -172,7 +176,9 @@ class FeatureSetAgent:
         """Run one transaction as a task of its own, shielded: cancelling the caller does not cut it short."""
         token = messages[0].generation_id if messages else self.app.consumer_generation_id
         accept = {p: first for (k, p), first in self.accepted_gaps.items() if k is kind}
-        tx = PartitionTransaction(self.processor, kind, messages, token, self.ports, now_ms, accept_gaps=accept)
+        tx = PartitionTransaction(
+            self.processor, kind, messages, token, self.ports, now_ms, accept_gaps=accept, executor=self.executor
+        )
         started = time.perf_counter()
         task = asyncio.ensure_future(tx.run())
         self.in_flight.add(task)

@@ -14,6 +14,7 @@ it can only ever answer what RocksDB would:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from itertools import islice
 
@@ -23,14 +24,17 @@ _ATTR = "_featurestream_state_cache"
 
 
 class StateCache:
-    """Blobs per (partition, key) of one table's stores; see the module docstring."""
+    """Blobs per (partition, key) of one table's stores; see the module docstring. Thread-safe: a batch may
+    load through it off the event loop while a view reads through it on the loop."""
 
     def __init__(self, table, max_bytes: int = DEFAULT_MAX_BYTES):
         self.table = table
         self.max_bytes = max_bytes
-        self._entries: dict[tuple[int, bytes], bytes] = {}
+        # partition -> {key: blob}: dicts of bytes only, which the garbage collector does not track
+        self._partitions: dict[int, dict[bytes, bytes]] = {}
         self._bytes = 0
         self._generation = None
+        self._lock = threading.Lock()
 
     @classmethod
     def of(cls, table) -> StateCache:
@@ -44,74 +48,87 @@ class StateCache:
     def _db(self, partition: int):
         return self.table.data._db_for_partition(partition)
 
-    def _check_generation(self) -> None:
+    def _entries(self, partition: int) -> dict[bytes, bytes]:
+        """The partition's entries, after dropping everything if the consumer generation changed."""
         generation = getattr(getattr(self.table, "app", None), "consumer_generation_id", None)
         if generation != self._generation:
-            self.clear()
+            self._clear()
             self._generation = generation
+        entries = self._partitions.get(partition)
+        if entries is None:
+            entries = self._partitions[partition] = {}
+        return entries
 
     def get_many(self, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
         """The blobs of ``keys`` in ``partition`` (None: no state), from memory or RocksDB."""
-        self._check_generation()
-        entries = self._entries
-        found = [entries.get((partition, k)) for k in keys]
+        with self._lock:
+            get = self._entries(partition).get
+            found = [get(k) for k in keys]
         missing = [i for i, blob in enumerate(found) if blob is None]
         if missing:
             loaded = self._db(partition).get([keys[i] for i in missing])
-            for i, blob in zip(missing, loaded, strict=True):
-                if blob is not None:
-                    found[i] = blob
-                    self._put(partition, keys[i], blob)
-            self._trim()
+            with self._lock:
+                entries = self._entries(partition)
+                for i, blob in zip(missing, loaded, strict=True):
+                    if blob is not None:
+                        found[i] = blob
+                        self._put(entries, keys[i], blob)
+                self._trim()
         return found
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """One blob, as ``get_many``."""
-        self._check_generation()
-        blob = self._entries.get((partition, key))
+        with self._lock:
+            blob = self._entries(partition).get(key)
         if blob is None:
             blob = self._db(partition).get(key)
             if blob is not None:
-                self._put(partition, key, blob)
-                self._trim()
+                with self._lock:
+                    self._put(self._entries(partition), key, blob)
+                    self._trim()
         return blob
 
     def stored(self, partition: int, items: Iterable[tuple[bytes, bytes]]) -> None:
         """``items`` were written to RocksDB: keep them as the current blobs."""
-        self._check_generation()
-        for key, blob in items:
-            self._put(partition, key, blob)
-        self._trim()
+        with self._lock:
+            entries = self._entries(partition)
+            for key, blob in items:
+                self._put(entries, key, blob)
+            self._trim()
 
     def invalidate(self, partition: int, keys: Iterable[bytes]) -> None:
         """Someone else wrote these keys: forget them."""
-        entries = self._entries
-        for key in keys:
-            old = entries.pop((partition, key), None)
-            if old is not None:
-                self._bytes -= len(old) + len(key) + _ENTRY_OVERHEAD
+        with self._lock:
+            entries = self._partitions.get(partition)
+            if not entries:
+                return
+            for key in keys:
+                old = entries.pop(key, None)
+                if old is not None:
+                    self._bytes -= len(old) + len(key) + _ENTRY_OVERHEAD
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self._partitions = {}
         self._bytes = 0
 
-    def _put(self, partition: int, key: bytes, blob: bytes) -> None:
-        entries = self._entries
-        old = entries.pop((partition, key), None)  # re-inserted at the end: the newest
+    def _put(self, entries: dict[bytes, bytes], key: bytes, blob: bytes) -> None:
+        old = entries.pop(key, None)  # re-inserted at the end: the newest
         if old is not None:
             self._bytes -= len(old) + len(key) + _ENTRY_OVERHEAD
-        entries[(partition, key)] = blob
+        entries[key] = blob
         self._bytes += len(blob) + len(key) + _ENTRY_OVERHEAD
 
     def _trim(self) -> None:
+        """Past the bound, drop the oldest quarter of every partition's entries until under 3/4 of it."""
         if self._bytes <= self.max_bytes:
             return
-        entries = self._entries
         target = self.max_bytes * 3 // 4
-        drop = max(1, len(entries) // 4)
-        while self._bytes > target and entries:
-            for where in list(islice(entries, drop)):
-                blob = entries.pop(where)
-                self._bytes -= len(blob) + len(where[1]) + _ENTRY_OVERHEAD
-                if self._bytes <= target:
-                    break
+        while self._bytes > target and any(self._partitions.values()):
+            for entries in self._partitions.values():
+                for key in list(islice(entries, max(1, len(entries) // 4))):
+                    blob = entries.pop(key)
+                    self._bytes -= len(blob) + len(key) + _ENTRY_OVERHEAD

@@ -8,7 +8,8 @@ steps which make online state effectively once. Each step, and what a crash or a
    released (never acked) and their partitions replay from the committed offsets. A batch that begins
    past its partition's checkpoint (records in between never reached this state: messages fetched
    before a seek and delivered after it) is abandoned too, with the gap, for the caller to rewind.
-2. **processed** (pure, ``BatchProcessor``): records below their partition's checkpoint are skipped
+2. **processed** (pure, ``BatchProcessor``; the worker runs it on a thread of its own so that reads are
+   answered meanwhile): records below their partition's checkpoint are skipped
    whole (handled before a crash); the rest become state writes, dead letters, late events and
    forwards. The fence is checked again; a rebalance begun meanwhile abandons the batch, nothing written.
 3. **prepared**: state writes and side records (dead letters, late events, forwards) are produced;
@@ -32,10 +33,12 @@ Faust and RocksDB only through the small ports below, so every step is unit-test
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -145,10 +148,14 @@ class PartitionTransaction:
         now_ms: Callable[[], int],
         on_step: Callable[[TxState], Any] | None = None,
         accept_gaps: Mapping[int, int] | None = None,
+        executor: Executor | None = None,
     ):
         """``accept_gaps``: {partition: first offset} of gaps already found to be real (the offsets do not
-        exist in the topic any more: retention, compaction), so a batch starting there proceeds."""
+        exist in the topic any more: retention, compaction), so a batch starting there proceeds.
+        ``executor``: where the pure processing step runs (None: inline). The worker gives it a thread of its
+        own, so the event loop keeps serving reads while a batch is folded."""
         self.processor = processor
+        self.executor = executor
         self.accept_gaps = dict(accept_gaps or {})
         self.kind = kind
         self.messages = list(messages)
@@ -194,7 +201,10 @@ class PartitionTransaction:
             return outcome
         fresh = [m for m in self.messages if m.offset >= self._position(checkpoints[m.partition])]
         skipped = len(self.messages) - len(fresh)
-        result, writes = self._process(fresh)
+        if self.executor is None:
+            result, writes = self._process(fresh)
+        else:
+            result, writes = await asyncio.get_running_loop().run_in_executor(self.executor, self._process, fresh)
         result.duplicates += skipped
         if self.kind is BatchKind.SOURCE:
             result.consumed += skipped
