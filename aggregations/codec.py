@@ -45,6 +45,7 @@ _I64 = struct.Struct("<q")
 _WORD = np.dtype("<i8")
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _NOT_EXTRA = frozenset({OFFSETS_META, FINGERPRINT_META})  # stored in the header, not in the extra JSON
+_NO_EXTRA = b"\x00\x00\x00\x00"  # an extra JSON length of 0
 
 
 class StateMismatch(ValueError):
@@ -217,7 +218,7 @@ class EntityStateCodec:
     # -- decoding ---------------------------------------------------------------------------------------
 
     def decode_meta(self, blob: bytes) -> tuple[dict, int]:
-        """The meta of one state blob (applied offsets, extra entries, ``fp``) and the offset where its tile
+        """The meta of one state blob (applied offsets and any extra entries) and the offset where its tile
         counts (FS3) or tiles (FS2) begin; checks the fingerprint."""
         magic = blob[:3]
         if magic == MAGIC:
@@ -226,16 +227,14 @@ class EntityStateCodec:
                     f"state of feature set {self.feature_set.name!r} was written by definition "
                     f"{bytes(blob[3:11]).hex()}, current definition is {self.fingerprint}"
                 )
-            meta, offset = _read_meta(blob, 11)
-            meta[FINGERPRINT_META] = self.fingerprint
-            return meta, offset
+            return _read_meta(blob, 11)
         if magic != MAGIC_FS2:
             raise StateMismatch("state is not featurestream tile state of this format (bad magic)")
         (n,) = _U32.unpack_from(blob, 3)
         meta = json.loads(blob[7 : 7 + n])
-        if meta.get(FINGERPRINT_META) != self.fingerprint:
+        if meta.pop(FINGERPRINT_META, None) != self.fingerprint:
             raise StateMismatch(
-                f"state of feature set {self.feature_set.name!r} was written by definition {meta.get('fp')}, "
+                f"state of feature set {self.feature_set.name!r} was written by definition {json.loads(blob[7 : 7 + n]).get('fp')}, "
                 f"current definition is {self.fingerprint}"
             )
         return meta, 7 + n
@@ -251,18 +250,32 @@ class EntityStateCodec:
         extras: list = [None] * n
         binary_at: list = [None] * n  # (blob, offset of its binary chunks) of entities that have them
         unpack_counts = self._counts_format.unpack_from
+        one_slot, binary = self._prefix + b"\x01", bool(self.binary)
+        count_rows: list = [None] * n
         for i, blob in enumerate(blobs):
             if blob is None:
                 metas.append({})
                 continue
-            meta, offset = self.decode_meta(blob)
-            if blob[:3] == MAGIC:
-                entity_counts = unpack_counts(blob, offset)
+            if blob[:12] == one_slot and blob[21 + blob[12] : 25 + blob[12]] == _NO_EXTRA:
+                # the usual entity: one applied-offset slot, no extra JSON; read without a generic parse
+                head = 13 + blob[12]
+                name = _SLOT_NAMES.get(blob[13:head]) or _slot_name(blob[13:head])
+                metas.append({OFFSETS_META: {name: _I64.unpack_from(blob, head)[0]}})
+                offset = head + 12
+                entity_counts = count_rows[i] = unpack_counts(blob, offset)
                 offset += 4 * levels
                 total = sum(entity_counts)
                 slices.append(blob[offset : offset + total * row_bytes])
-                counts[i] = entity_counts
-                if self.binary:
+                if binary:
+                    binary_at[i] = (blob, offset + total * row_bytes, False)
+                continue
+            meta, offset = self.decode_meta(blob)
+            if blob[:3] == MAGIC:
+                entity_counts = count_rows[i] = unpack_counts(blob, offset)
+                offset += 4 * levels
+                total = sum(entity_counts)
+                slices.append(blob[offset : offset + total * row_bytes])
+                if binary:
                     binary_at[i] = (blob, offset + total * row_bytes, False)
             else:  # FS2: per level a count, the rows, then that level's binary chunks
                 binary_at[i] = (blob, offset, True)
@@ -274,9 +287,12 @@ class EntityStateCodec:
                     counts[i, l_pos] = k
                     for _ in self.binary:
                         offset = _skip_binary(blob, offset, k)
-            extra = {k: meta.pop(k) for k in (OBJECTS_META, LATEST_META) if k in meta}
-            extras[i] = extra or None
+            if OBJECTS_META in meta or LATEST_META in meta:
+                extras[i] = {k: meta.pop(k) for k in (OBJECTS_META, LATEST_META) if k in meta}
             metas.append(meta)
+        present = [i for i, c in enumerate(count_rows) if c is not None]
+        if present:
+            counts[present] = count_rows if len(present) == n else [count_rows[i] for i in present]
         matrix = np.frombuffer(b"".join(slices), dtype=_WORD).reshape(-1, self.width)
         rows = EntityRows(matrix, counts, metas)
         if self.objects:
@@ -360,7 +376,6 @@ def _gather(matrix: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.n
     return matrix[index]
 
 
-_NO_EXTRA = b"\x00\x00\x00\x00"
 _SLOT_HEADS: dict[str, bytes] = {}  # "0" -> b"\x01\x010": one slot, its name's length and name
 
 
@@ -389,6 +404,16 @@ def _meta_bytes(meta: dict, codec_extra: dict | None) -> bytes:
         return slots + _NO_EXTRA
     text = json.dumps(extra, separators=(",", ":")).encode()
     return slots + _U32.pack(len(text)) + text
+
+
+_SLOT_NAMES: dict[bytes, str] = {}  # b"0" -> "0": decoded slot names
+
+
+def _slot_name(raw: bytes) -> str:
+    name = bytes(raw).decode("utf-8")
+    if len(_SLOT_NAMES) < 4096:
+        _SLOT_NAMES[bytes(raw)] = name
+    return name
 
 
 def _pack_slots(offsets: dict) -> bytes | None:

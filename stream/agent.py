@@ -184,7 +184,8 @@ class FeatureSetAgent:
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
         outcome = await asyncio.shield(task)
-        self._observe(outcome.result, messages, time.perf_counter() - started)
+        if outcome.state is TxState.COMPLETE:  # an abandoned batch changed nothing: its owner redoes it
+            self._observe(outcome.result, messages, time.perf_counter() - started)
         return outcome
 
     def _observe(self, result: BatchResult, messages: Sequence, seconds: float) -> None:

@@ -21,7 +21,7 @@ from aggregations.definitions import Registry
 from aggregations.naming import DEFAULT_APP_ID, table_name
 from aggregations.schema import DEFAULT_MAX_FUTURE
 
-from . import auth, faust_fixes, recovery_guard
+from . import auth, faust_fixes, recovery_guard, store_options
 from .agent import DEFAULT_BATCH_MAX, FeatureSetAgent
 from .metrics import WorkerMetrics
 from .reading import FeatureReader
@@ -78,6 +78,7 @@ def create_app(
     The returned app carries its ``ServingContext`` as ``app.featurestream``.
     """
     faust_fixes.apply()
+    store_options.install()
     sets = list(registry.feature_sets.values())
     if topics is None:
         topics = resolve_topics(

@@ -363,3 +363,25 @@ def test_the_state_cache_answers_what_rocksdb_holds(tmp_path):
     assert small._bytes <= 1000 and small.get(1, bytes([49])) == b"x" * 100  # the newest kept
     for db in data.dbs.values():
         db.close()
+
+
+def test_table_partitions_are_written_without_a_write_ahead_log(tmp_path):
+    from pathlib import Path
+
+    from faust.stores.rocksdb import RocksDBOptions, Store
+
+    from stream import store_options
+
+    store_options.install()
+    store = SimpleNamespace(use_rocksdict=True, partition_path=lambda p: tmp_path / f"p{p}", read_only=False,
+                            rocksdb_options=RocksDBOptions())  # fmt: skip
+    db = Store._open_for_partition(store, 0)
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for i in range(2000):
+        batch.put(f"k{i}".encode(), b"v" * 500)
+    db.write(batch)
+    db.put(b"offset", b"1")  # Faust's own writes (recovery's persisted offset) skip the log too
+    assert db[b"k7"] == b"v" * 500
+    logs = [f for f in Path(tmp_path / "p0").iterdir() if f.suffix == ".log"]
+    assert logs and all(f.stat().st_size == 0 for f in logs)
+    db.close()
