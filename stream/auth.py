@@ -6,8 +6,8 @@
   ``/health`` stays open for liveness/readiness probes (Kubernetes, load balancers, ``make demo``) and
   ``/metrics`` for Prometheus scrapers; neither reveals features or entity keys. A token is never taken
   from the command line itself (it would show in ``ps`` and shell history).
-* **Forwarding.** Faust's ``table_route`` proxies a request to the key's owner with the request's own
-  headers, so the caller's token goes along; the worker's own calls to other workers (POST /vectors
+* **Forwarding.** A GET for a key another worker owns is forwarded to that owner with the request's own
+  headers (``views``), so the caller's token goes along; the worker's own calls to other workers (POST /vectors
   fetching keys owned elsewhere) add it with ``outgoing_headers(app)``. All workers of a deployment
   share one token.
 * **Limits.** A request body is at most ``MAX_BODY_BYTES`` (1 MiB; 413 beyond); an entity key in a path

@@ -3,8 +3,9 @@
 * ``GET /features/{feature_set}/{entity}[?features=a,b]`` -> ``{"entity", "at", "features"}`` at
   t = now (ms), per the window contract; an entity without state reads as empty windows. Each set
   has its own route; a key whose partition is active here is read from that partition's store
-  (``LocalState``), any other is forwarded by Faust's router to the worker that owns it; a catch-all
-  route answers 404 for unknown sets. Query parameters named like on-read inputs (e.g. ``amount``) feed on-read features.
+  (``LocalState``), any other is forwarded to the worker that owns the partition in the group's assignment
+  (503 with the reason while no owner is known); a catch-all route answers 404 for unknown sets. Query
+  parameters named like on-read inputs (e.g. ``amount``) feed on-read features.
 * ``POST /vectors/{vector}`` with ``{"entities": [{...}, ...]}`` (at most 1000) -> one result per
   entity with the vector's features, on-read ones included. Keys owned here are read locally in
   one batch; keys owned elsewhere are fetched one by one from their owner's GET view.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from faust.exceptions import SameNode
+import aiohttp
 from faust.types import TP
 from yarl import URL
 
@@ -117,33 +118,64 @@ def register_views(app, ctx: ServingContext) -> None:
             return self.bytes(ctx.metrics.render(), headers={"Content-Type": ctx.metrics.content_type})
 
 
+#: Marks a request one worker forwarded to another: the owner answers it itself, never forwards it again.
+FORWARDED_HEADER = "X-Featurestream-Forwarded"
+
+
 class LocalState:
-    """One table's state of the keys this worker owns, read straight from the key's partition store.
+    """One table's state of the keys this worker owns, read straight from the key's partition store, and the
+    owner of any other key.
 
     A key's partition is its home partition (``aggregations.bookkeeping``), the one Faust's router hashes
     it to. ``get`` answers ``(True, blob)`` when that partition is active here, ``(False, None)`` when it is
-    not (another worker owns it, or the assignment is not settled): the view then lets Faust's router
-    forward the request. One lookup in the table's ``StateCache`` (else one RocksDB get), where the table's
-    own ``get`` may probe every partition's store.
+    not (another worker owns it, or the assignment is not settled). ``owner`` names the worker that owns the
+    partition in the group's current assignment. Both compute the partition here: Faust's router asks the
+    producer's partitioner, which fails while the producer has no metadata of the table's topic (a worker
+    that has produced nothing yet may not), and may probe every partition's store.
     """
 
     def __init__(self, app, table, partitions: int | None):
         self.app = app
         self.table = table
-        self.partitions = partitions
+        self.partitions = partitions or table.partitions
+        self.topic = table.changelog_topic.get_topic_name()
         self.cache = StateCache.of(table)
         self._tps: dict[int, Any] = {}
 
+    def partition(self, key: bytes) -> int:
+        return entity_partition(key, self.partitions)
+
     def get(self, key: bytes) -> tuple[bool, bytes | None]:
-        if not self.partitions:
-            return False, None
-        partition = entity_partition(key, self.partitions)
+        partition = self.partition(key)
         tp = self._tps.get(partition)
         if tp is None:
-            tp = self._tps[partition] = TP(self.table.changelog_topic.get_topic_name(), partition)
+            tp = self._tps[partition] = TP(self.topic, partition)
         if not self.app.assignor.is_active(tp):
             return False, None
         return True, self.cache.get(partition, key)
+
+    def owner(self, key: bytes) -> URL | None:
+        """The URL of the worker that owns the key's partition (None while the assignment does not say)."""
+        partition = self.partition(key)
+        for url, topics in self.app.assignor.changelog_distribution.items():
+            if partition in topics.get(self.topic, ()):
+                return URL(str(url))
+        return None
+
+    def is_me(self, url: URL) -> bool:
+        me = URL(str(self.app.conf.canonical_url))
+        return (url.host, url.port) == (me.host, me.port)
+
+
+async def _forward(app, view: View, request, owner: URL):
+    """``request`` answered by ``owner`` (its status and body passed on); 503 if the owner cannot be reached."""
+    url = request.url.with_host(owner.host).with_port(owner.port)
+    headers = {**request.headers, FORWARDED_HEADER: "1"}
+    try:
+        async with app.http_client.request(method=request.method, headers=headers, url=url) as response:
+            return view.text(await response.text(), content_type=response.content_type, status=response.status)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return view.json({"error": f"the owner of this key ({owner}) did not answer: {exc!r}; retry"}, status=503)
 
 
 def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:
@@ -165,11 +197,15 @@ def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:
                 return self.json({"error": str(exc)}, status=400)
             key = entity.encode("utf-8", "surrogatepass")
             here, blob = local.get(key)
-            if not here:  # owned elsewhere, or not known yet: Faust's router forwards or reads its table
-                try:
-                    return await app.router.route_req(table.name, entity, self.web, request)
-                except SameNode:
-                    blob = table.get(key)
+            if not here:  # owned elsewhere (forwarded there), or the assignment is not settled here yet
+                owner = local.owner(key)
+                if owner is None:
+                    return self.json({"error": NO_OWNER}, status=503)
+                if not local.is_me(owner):
+                    if request.headers.get(FORWARDED_HEADER):
+                        return self.json({"error": f"{NOT_HERE} (forwarded here, owner {owner})"}, status=503)
+                    return await _forward(app, self, request, owner)
+                blob = table.get(key)  # assigned here, not active yet
             at = now_ms()
             (values,) = reader.read([blob], at, features, req)
             sample.record("feature_set", set_name, [values])
@@ -187,13 +223,8 @@ class _Unavailable(RuntimeError):
     pass
 
 
-def _is_local(app, table, key: str) -> bool:
-    try:
-        owner = URL(str(app.router.key_store(table.name, key)))
-    except KeyError:
-        raise _Unavailable("partition assignment not known yet; retry shortly") from None
-    me = URL(str(app.conf.canonical_url))
-    return (owner.host, owner.port) == (me.host, me.port)
+NO_OWNER = "no worker owns this key's partition in the group's assignment yet (a rebalance is under way); retry"
+NOT_HERE = "this key's partition is not served here yet (a rebalance is under way); retry"
 
 
 async def _vector_response(app, ctx: ServingContext, view: View, request, vector_name: str) -> dict:
@@ -213,18 +244,27 @@ async def _vector_response(app, ctx: ServingContext, view: View, request, vector
         table = ctx.tables[set_name]
         keys = vector_entity_keys(fs, entities)
         state = ctx.extra["local_state"][set_name]
-        local, blobs = [], []
+        owners: list[URL | None] = []  # None: read here
+        blobs = []
         for k in keys:
-            here, blob = state.get(k.encode("utf-8", "surrogatepass"))
-            if not here and _is_local(app, table, k):  # the router says here although not active yet
-                here, blob = True, table.get(k.encode("utf-8", "surrogatepass"))
-            local.append(here)
+            key = k.encode("utf-8", "surrogatepass")
+            here, blob = state.get(key)
+            owner = None
+            if not here:
+                owner = state.owner(key)
+                if owner is None:
+                    raise _Unavailable(f"{fs.name}/{k}: {NO_OWNER}")
+                if state.is_me(owner):  # assigned here, not active yet
+                    owner, blob = None, table.get(key)
+                elif request.headers.get(FORWARDED_HEADER):
+                    raise _Unavailable(f"{fs.name}/{k}: {NOT_HERE}")
+            owners.append(owner)
             blobs.append(blob)
         values = ctx.readers[set_name].read(blobs, at, features, entities)
-        remote = [i for i, here in enumerate(local) if not here]
+        remote = [i for i, owner in enumerate(owners) if owner is not None]
         if remote:  # keys other workers own: asked concurrently, one GET each
             answers = await asyncio.gather(
-                *(_remote_features(app, table, fs, keys[i], features, entities[i]) for i in remote)
+                *(_remote_features(app, owners[i], fs, keys[i], features, entities[i]) for i in remote)
             )
             for i, answer in zip(remote, answers, strict=True):
                 values[i] = answer
@@ -236,15 +276,18 @@ async def _vector_response(app, ctx: ServingContext, view: View, request, vector
     return {"at": at, "results": results}
 
 
-async def _remote_features(app, table, fs, key: str, features: list[str], entity: dict) -> dict:
+async def _remote_features(app, owner: URL, fs, key: str, features: list[str], entity: dict) -> dict:
     """One entity's features from the worker that owns its partition (via its GET view)."""
-    owner = URL(str(app.router.key_store(table.name, key)))
     inputs = {c: entity[c] for o in fs.on_read for c in o.inputs if c in entity and entity[c] is not None}
     url = owner.with_path(f"/features/{fs.name}/{quote(key, safe='')}", encoded=True).with_query(
         {"features": ",".join(features), **{k: str(v) for k, v in inputs.items()}}
     )
-    async with app.http_client.get(url, headers=auth.outgoing_headers(app)) as response:
-        if response.status != 200:
-            raise _Unavailable(f"owner {owner} of {fs.name}/{key} answered HTTP {response.status}")
-        body = await response.json()
+    headers = {**auth.outgoing_headers(app), FORWARDED_HEADER: "1"}
+    try:
+        async with app.http_client.get(url, headers=headers) as response:
+            if response.status != 200:
+                raise _Unavailable(f"owner {owner} of {fs.name}/{key} answered HTTP {response.status}")
+            body = await response.json()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _Unavailable(f"owner {owner} of {fs.name}/{key} did not answer: {exc!r}") from None
     return body["features"]
