@@ -70,10 +70,15 @@ def install(table, codec: EntityStateCodec) -> None:
 
     def apply_changelog_batch(batch: Iterable) -> None:
         events = list(batch)
+        keys: dict[int, list[bytes]] = {}
         for event in events:
-            cache.invalidate(event.message.partition, (event.message.key,))
+            keys.setdefault(event.message.partition, []).append(event.message.key)
+        for partition, written in keys.items():
+            cache.invalidate(partition, written)
         table.data.apply_changelog_batch(
             forward_only(table.data, codec, events), to_key=table._to_key, to_value=table._to_value
         )
+        for partition, written in keys.items():  # again: a fill read off the loop before the write is dropped
+            cache.invalidate(partition, written)
 
     table.apply_changelog_batch = apply_changelog_batch

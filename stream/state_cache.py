@@ -9,6 +9,8 @@ it can only ever answer what RocksDB would:
 * every other writer of the table's stores goes through Faust's changelog recovery (a new owner, a
   restart, a standby), whose batches drop the keys they touch (``invalidate``, hooked by
   ``recovery_guard``), and a new consumer generation (any rebalance) drops everything;
+* a fill from a RocksDB read made outside the lock is dropped if any write, invalidation or clear came
+  between the read and the fill (it may be older than what was written meanwhile);
 * it is bounded by bytes; past the bound the oldest entries (by last write or fill) go first.
 """
 
@@ -34,6 +36,7 @@ class StateCache:
         self._partitions: dict[int, dict[bytes, bytes]] = {}
         self._bytes = 0
         self._generation = None
+        self._changes = 0  # writes, invalidations and clears so far: a fill read before one is not kept
         self._lock = threading.Lock()
 
     @classmethod
@@ -54,6 +57,7 @@ class StateCache:
         if generation != self._generation:
             self._clear()
             self._generation = generation
+            self._changes += 1
         entries = self._partitions.get(partition)
         if entries is None:
             entries = self._partitions[partition] = {}
@@ -64,15 +68,18 @@ class StateCache:
         with self._lock:
             get = self._entries(partition).get
             found = [get(k) for k in keys]
+            changes = self._changes
         missing = [i for i, blob in enumerate(found) if blob is None]
         if missing:
             loaded = self._db(partition).get([keys[i] for i in missing])
             with self._lock:
                 entries = self._entries(partition)
+                keep = changes == self._changes
                 for i, blob in zip(missing, loaded, strict=True):
                     if blob is not None:
                         found[i] = blob
-                        self._put(entries, keys[i], blob)
+                        if keep:
+                            self._put(entries, keys[i], blob)
                 self._trim()
         return found
 
@@ -80,18 +87,22 @@ class StateCache:
         """One blob, as ``get_many``."""
         with self._lock:
             blob = self._entries(partition).get(key)
+            changes = self._changes
         if blob is None:
             blob = self._db(partition).get(key)
             if blob is not None:
                 with self._lock:
-                    self._put(self._entries(partition), key, blob)
-                    self._trim()
+                    entries = self._entries(partition)
+                    if changes == self._changes:
+                        self._put(entries, key, blob)
+                        self._trim()
         return blob
 
     def stored(self, partition: int, items: Iterable[tuple[bytes, bytes]]) -> None:
         """``items`` were written to RocksDB: keep them as the current blobs."""
         with self._lock:
             entries = self._entries(partition)
+            self._changes += 1
             for key, blob in items:
                 self._put(entries, key, blob)
             self._trim()
@@ -99,6 +110,7 @@ class StateCache:
     def invalidate(self, partition: int, keys: Iterable[bytes]) -> None:
         """Someone else wrote these keys: forget them."""
         with self._lock:
+            self._changes += 1
             entries = self._partitions.get(partition)
             if not entries:
                 return
@@ -114,6 +126,7 @@ class StateCache:
     def _clear(self) -> None:
         self._partitions = {}
         self._bytes = 0
+        self._changes += 1
 
     def _put(self, entries: dict[bytes, bytes], key: bytes, blob: bytes) -> None:
         old = entries.pop(key, None)  # re-inserted at the end: the newest

@@ -358,6 +358,22 @@ def test_the_state_cache_answers_what_rocksdb_holds(tmp_path):
     data._db_for_partition(0)[b"b"] = b"3"
     app.consumer_generation_id = 2  # a rebalance: everything is read again
     assert cache.get(0, b"b") == b"3"
+    # A fill read from RocksDB before another writer's write and invalidation is not kept (a batch loads off
+    # the event loop while recovery may write on it).
+    real_db = data._db_for_partition(0)
+
+    class WrittenMeanwhile:
+        def get(self, keys):
+            found = real_db.get(keys)
+            real_db[b"d"] = b"new"
+            cache.invalidate(0, [b"d"])
+            return found
+
+    real_db[b"d"] = b"old"
+    data.dbs[0] = WrittenMeanwhile()
+    assert store.load(0, [b"d"]) == [b"old"]  # the read itself answers what RocksDB held when asked
+    data.dbs[0] = real_db
+    assert store.load(0, [b"d"]) == [b"new"]  # but it was not kept
     small = StateCache(SimpleNamespace(data=data), max_bytes=1000)
     small.stored(1, [(bytes([i]), b"x" * 100) for i in range(50)])
     assert small._bytes <= 1000 and small.get(1, bytes([49])) == b"x" * 100  # the newest kept

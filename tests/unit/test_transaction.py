@@ -5,7 +5,8 @@ Two kinds of tests. Step tests run one transaction and stop it at each step (an 
 fence moving) and check what must hold there: nothing acked before the changelog is durable, nothing
 written when a batch is abandoned before producing, side records durable before a checkpoint covers
 them. The lifetime test runs a whole simulated worker (fetch from committed offsets, transactions,
-forwarded events through a ``.by-entity`` log, recovery of the store from the changelog after every
+forwarded events through a ``.by-entity`` log, batches folded on a thread as the worker folds them, a
+rebalance or an expulsion while a batch is folded, recovery of the store from the changelog after every
 crash) under hypothesis-chosen crashes and rebalances, and compares the final online values with the
 brute-force oracle: no event lost, none counted twice.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -189,9 +192,14 @@ def run(tx: PartitionTransaction):
     return asyncio.run(tx.run())
 
 
-def transaction(rig: Rig, messages, kind=BatchKind.SOURCE, on_step=None, **ports) -> PartitionTransaction:
+def transaction(rig: Rig, messages, kind=BatchKind.SOURCE, on_step=None, executor=None, **ports) -> PartitionTransaction:
     processor = BatchProcessor(FS, "pay", partitions=PARTITIONS)
-    return PartitionTransaction(processor, kind, messages, 1, rig.ports(**ports), lambda: NOW, on_step)
+    return PartitionTransaction(processor, kind, messages, 1, rig.ports(**ports), lambda: NOW, on_step,
+                                executor=executor)  # fmt: skip
+
+
+#: The worker's way: each batch folded on a thread of its own (one at a time), the other steps on the loop.
+FOLD_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-fold")
 
 
 def at_home(user: str) -> int:
@@ -401,7 +409,31 @@ class SimWorker:
         self.rig.store.recover(self.rig.changelog)
 
 
+class StrikeWhileFolding(Executor):
+    """The fold thread, with ``strike`` run on the event loop while the fold is under way (the fold waits for
+    it): a rebalance or an expulsion that happens while the worker's thread folds a batch."""
+
+    def __init__(self, strike):
+        self.strike = strike
+
+    def submit(self, fn, /, *args, **kwargs):
+        loop, struck = asyncio.get_running_loop(), threading.Event()
+
+        def strike_on_loop():
+            self.strike()
+            struck.set()
+
+        def fold():
+            loop.call_soon_threadsafe(strike_on_loop)
+            assert struck.wait(10), "the event loop did not run while the batch was folded"
+            return fn(*args, **kwargs)
+
+        return FOLD_THREAD.submit(fold)
+
+
 def simulate(events: list[tuple[int, dict | bytes]], faults: list[tuple[int, str]], batch: int) -> SimWorker:
+    """A worker's life: batches folded on a thread as the worker folds them, faults at every step (a
+    ``folding:*`` fault strikes on the event loop while the thread folds)."""
     source = Log()
     for partition, event in events:
         value = event if isinstance(event, bytes) else json.dumps(event).encode()
@@ -447,8 +479,13 @@ def simulate(events: list[tuple[int, dict | bytes]], faults: list[tuple[int, str
             w.rig.store.crash_on_write = True
         if fault == "side-ack:crash":
             ports["side_crash"] = "ack"
+        executor = FOLD_THREAD
+        if fault == "folding:rebalance":
+            executor = StrikeWhileFolding(lambda: setattr(w.rig.fence, "flowing", False))
+        elif fault == "folding:expel":
+            executor = StrikeWhileFolding(lambda: setattr(w.rig.fence, "generation", w.rig.fence.generation + 1))
         try:
-            outcome = run(transaction(w.rig, messages, kind=kind, on_step=hook, **ports))
+            outcome = run(transaction(w.rig, messages, kind=kind, on_step=hook, executor=executor, **ports))
         except Crash:
             w.restart()
             continue
@@ -463,7 +500,7 @@ def simulate(events: list[tuple[int, dict | bytes]], faults: list[tuple[int, str
 FAULTS = st.sampled_from(
     ["started:rebalance", "processed:crash", "processed:rebalance", "prepared:crash", "prepared:rebalance",
      "prepared:expel", "stored:crash", "complete:crash", "send:crash", "store:crash", "side-ack:crash",
-     "fetch:skip-ahead"]
+     "fetch:skip-ahead", "folding:rebalance", "folding:expel"]
 )  # fmt: skip
 
 users = st.sampled_from([f"u{i}" for i in range(6)])
