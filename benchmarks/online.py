@@ -32,7 +32,8 @@ beside its ceiling measured in the same run, and their ratio:
 Bars (this 2-core machine; printed PASS/MISS, never a CI gate): GET >= 5,000 req/s at 8 connections; GET p99
 <= 1 ms at 1 connection; GET p99 <= 5 ms at 1 connection during 20,000 events/s of ingest; ingest >= 100,000
 events/s per worker; freshness p99 <= 100 ms. ``--profile DIR`` records the worker with py-spy during the
-first ingest and the 8-connection reads and prints the top functions. The load average is printed at each
+first ingest, the 8-connection reads and the first reads during ingest (per thread: the event loop's own
+samples are what a read waits behind) and prints the top functions. The load average is printed at each
 phase: figures taken at a load above ~2 on 2 cores measure the neighbours as much as the worker.
 """
 
@@ -346,12 +347,15 @@ def _run_json(cmd: list[str], timeout: float) -> dict:
 
 
 class Profile:
-    """py-spy recording a process (raw collapsed stacks) until ``stop``; ``top`` summarizes it."""
+    """py-spy recording a process (raw collapsed stacks) until ``stop``; ``top`` summarizes it. ``threads``:
+    stacks carry their thread's name, and ``top`` can keep one thread (the event loop is ``MainThread``)."""
 
-    def __init__(self, pid: int, path: Path, seconds: float | None = None):
+    def __init__(self, pid: int, path: Path, seconds: float | None = None, threads: bool = False):
         self.path = path
         cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-o", str(path),
                "-f", "raw", "-r", "250", "--nonblocking"]  # fmt: skip
+        if threads:
+            cmd.append("--threads")
         if seconds is not None:
             cmd += ["-d", str(max(1, int(seconds)))]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -364,8 +368,9 @@ class Profile:
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
-    def top(self, n: int = 15) -> list[str]:
-        """The functions with the most samples, inclusive (cumulative) and exclusive (self)."""
+    def top(self, n: int = 15, thread: str | None = None) -> list[str]:
+        """The functions with the most samples, inclusive (cumulative) and exclusive (self); of one thread's
+        samples only when ``thread`` is given (a ``threads`` profile)."""
         try:
             lines = self.path.read_text().splitlines()
         except OSError:
@@ -375,6 +380,10 @@ class Profile:
             stack, _, count = line.rpartition(" ")
             if not count.isdigit():
                 continue
+            if stack.startswith("thread ("):  # a threads profile: "thread (tid): name;frame;..."
+                name, _, stack = stack.partition(": ")[2].partition(";")
+                if thread is not None and name != thread:
+                    continue
             frames = [re.sub(r" \(/.*?(site-packages/|wt-[^/]+/|featurestream/)", " (", f) for f in stack.split(";")]
             total += int(count)
             own[frames[-1]] += int(count)
@@ -478,7 +487,7 @@ def reads_phase(args, worker: Worker, users_file: Path, profiles: dict) -> dict:
     return out
 
 
-def during_phase(args, address: str, topic: str, worker: Worker, users_file: Path) -> list[dict]:
+def during_phase(args, address: str, topic: str, worker: Worker, users_file: Path, profiles: dict) -> list[dict]:
     """Reads at 1 connection while ``--during-rate`` events/s of new payments arrive."""
     runs = []
     url = f"http://127.0.0.1:{worker.port}"
@@ -492,7 +501,10 @@ def during_phase(args, address: str, topic: str, worker: Worker, users_file: Pat
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         time.sleep(2.0)  # traffic flowing before the reads start
-        reads = run_wrk(url, 1, max(1.0, args.during_seconds - 4.0), users_file, f"/features/{SET}/")
+        seconds = max(1.0, args.during_seconds - 4.0)
+        if args.profile and rep == 0:
+            profiles["during"] = [Profile(worker.proc.pid, args.profile / "during.raw", seconds, threads=True)]
+        reads = run_wrk(url, 1, seconds, users_file, f"/features/{SET}/")
         stdout, stderr = producer.communicate(timeout=args.during_seconds + 120)
         at_end = (worker.metrics() or {}).get("featurestream_events_consumed_total", 0.0)
         lines = [x for x in stdout.splitlines() if x.startswith("{")]
@@ -716,7 +728,7 @@ def main() -> int:
         loads["reads"] = _load()
         reads = reads_phase(args, worker, users_file, profiles)
         loads["during"] = _load()
-        during = during_phase(args, address, topic, worker, users_file)
+        during = during_phase(args, address, topic, worker, users_file, profiles)
         loads["freshness"] = _load()
         fresh = []
         for rep in range(args.reps):
@@ -751,9 +763,14 @@ def main() -> int:
             print(f"  {line}")
     for name, spies in profiles.items():
         for spy in spies:
+            spy.stop()
             print(f"py-spy profile of the worker, {name} ({spy.path}): top functions")
             for line in spy.top():
                 print(f"  {line}")
+            if name == "during":
+                print("  the event loop's thread only (what a read waits behind):")
+                for line in spy.top(thread="MainThread"):
+                    print(f"  {line}")
     print("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in loads.items()))
     return 0
 
