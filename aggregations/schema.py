@@ -190,7 +190,8 @@ class EventValidator:
         if n == 0:
             return self.to_frame([]), [], []
         try:
-            objects = list(map(orjson.loads, payloads))
+            loads = orjson.loads
+            objects = [loads(p) for p in payloads]  # a Python loop: other threads get their turns meanwhile
         except Exception:  # some record orjson refuses: parse one by one, marking those
             objects = [_loads_or_slow(p) for p in payloads]
         slow = np.zeros(n, dtype=bool)

@@ -16,6 +16,7 @@ table's RocksDB databases (rocksdict). Thin on purpose: the order of things is `
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
 
@@ -30,6 +31,9 @@ from .processor import BatchResult
 from .state_cache import StateCache
 
 log = logging.getLogger(__name__)
+
+#: Changelog records appended between two turns of the event loop.
+YIELD_EVERY = 500
 
 
 def live_generation(app) -> int | None:
@@ -66,7 +70,9 @@ class KafkaChangelog:
         producer = self.app.producer._ensure_producer()
         sent = []  # (future of a batch, its record count)
         batch = producer.create_batch()
-        for key, value in records:
+        for n, (key, value) in enumerate(records, 1):
+            if not n % YIELD_EVERY:
+                await asyncio.sleep(0)  # let the event loop answer reads while a large batch is built
             if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
                 if batch.record_count():
                     sent.append((await producer.send_batch(batch, self.topic, partition=partition), batch.record_count()))

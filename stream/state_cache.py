@@ -21,6 +21,9 @@ from collections.abc import Iterable, Sequence
 from itertools import islice
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+#: Keys per RocksDB multi-get: rocksdict keeps the interpreter lock for a whole call (tens of ms for thousands
+#: of keys), so a batch loading off the event loop would hold reads up that long.
+GET_CHUNK = 256
 _ENTRY_OVERHEAD = 120  # bytes of a dict slot, a key and a bytes object beyond their payloads
 _ATTR = "_featurestream_state_cache"
 
@@ -71,7 +74,10 @@ class StateCache:
             changes = self._changes
         missing = [i for i, blob in enumerate(found) if blob is None]
         if missing:
-            loaded = self._db(partition).get([keys[i] for i in missing])
+            db, wanted = self._db(partition), [keys[i] for i in missing]
+            loaded = []
+            for start in range(0, len(wanted), GET_CHUNK):  # RocksDB holds the interpreter lock per call
+                loaded += db.get(wanted[start : start + GET_CHUNK])
             with self._lock:
                 entries = self._entries(partition)
                 keep = changes == self._changes

@@ -374,6 +374,14 @@ def test_the_state_cache_answers_what_rocksdb_holds(tmp_path):
     assert store.load(0, [b"d"]) == [b"old"]  # the read itself answers what RocksDB held when asked
     data.dbs[0] = real_db
     assert store.load(0, [b"d"]) == [b"new"]  # but it was not kept
+    # More missing keys than one multi-get takes: read in chunks, answered in order.
+    from stream.state_cache import GET_CHUNK
+
+    many = [b"m%d" % i for i in range(2 * GET_CHUNK + 7)]
+    for i, key in enumerate(many):
+        if i % 3:
+            real_db[key] = b"%d" % i
+    assert store.load(0, many) == [b"%d" % i if i % 3 else None for i in range(len(many))]
     small = StateCache(SimpleNamespace(data=data), max_bytes=1000)
     small.stored(1, [(bytes([i]), b"x" * 100) for i in range(50)])
     assert small._bytes <= 1000 and small.get(1, bytes([49])) == b"x" * 100  # the newest kept
