@@ -73,3 +73,53 @@ def test_a_partition_killed_without_its_write_ahead_log_reopens_as_an_earlier_st
         persisted.append(n)
     # Not vacuous: the larger runs left memtables on disk (an offset) and lost the newest ones (no log).
     assert persisted[-1] > 0 and persisted[-1] < 400, persisted
+
+
+CLOSER = r"""
+import asyncio, logging, os, signal, sys
+from types import SimpleNamespace
+import rocksdict
+from faust.stores.rocksdb import RocksDBOptions, Store
+from stream import store_options
+from tests.e2e.test_store_crash import OFFSET_KEY, batch_items
+
+store_options.install()
+path, how, n_tx = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = SimpleNamespace(use_rocksdict=True, partition_path=lambda p: path, read_only=False, logger=logging.getLogger(),
+                        rocksdb_options=RocksDBOptions(write_buffer_size=256 * 1024, max_write_buffer_number=2))
+db = Store._open_for_partition(store, 0)
+store._dbs = {0: db}
+for n in range(1, n_tx + 1):
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for key, value in batch_items(n):
+        batch.put(key, value)
+    batch.put(OFFSET_KEY, str(n).encode())
+    db.write(batch)
+if how == "stop":
+    asyncio.run(Store.stop(store))
+elif how == "revoke":
+    table = SimpleNamespace(changelog_topic=SimpleNamespace(topics={"t-changelog"}))
+    from faust.types import TP
+    Store.revoke_partitions(store, table, {TP("t-changelog", 0)})
+# Faust drops its handle without closing it; this process still holds one (as a reader or a cache may), and ends
+# without RocksDB's close: only what was flushed is on disk.
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_partition_revoked_or_stopped_is_on_disk_whole(tmp_path):
+    """Faust drops a partition's handle without closing it; the store flushes it on revocation and on stop, so
+    a graceful stop or hand-over leaves the last transaction on disk (nothing to replay on the next start)."""
+    n_tx = 60  # more than one memtable, and the newest transactions in an unflushed one
+    for how in ("stop", "revoke"):
+        path = tmp_path / how
+        child = subprocess.run([sys.executable, "-c", CLOSER, str(path), how, str(n_tx)], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert child.returncode == -9, child.stderr
+        db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
+        try:
+            stored = dict(db.items())
+        finally:
+            db.close()
+        assert stored.pop(OFFSET_KEY, None) == str(n_tx).encode(), how
+        assert stored == state_after(n_tx), how
