@@ -9,9 +9,12 @@ steps which make online state effectively once. Each step, and what a crash or a
    past its partition's checkpoint (records in between never reached this state: messages fetched
    before a seek and delivered after it) is abandoned too, with the gap, for the caller to rewind.
 2. **processed** (pure, ``BatchProcessor``; the worker runs it on a thread of its own so that reads are
-   answered meanwhile): records below their partition's checkpoint are skipped
-   whole (handled before a crash); the rest become state writes, dead letters, late events and
-   forwards. The fence is checked again; a rebalance begun meanwhile abandons the batch, nothing written.
+   answered meanwhile): records below their partition's checkpoint were handled before a crash: their
+   side records (dead letters, late events, forwards) are not produced again, and each entity's applied
+   offsets decide whether their events are still missing from its state (a state record written from an
+   older state can follow a checkpoint in the changelog: a late write of an expelled owner, then a crash
+   of the new owner between its state and its checkpoint); the rest become state writes, dead letters,
+   late events and forwards. The fence is checked again; a rebalance begun meanwhile abandons the batch, nothing written.
 3. **prepared**: state writes and side records (dead letters, late events, forwards) are produced;
    once the side records are acknowledged, each touched partition's checkpoint is produced after its
    state writes, and every changelog record is acknowledged. A crash here leaves some records in the
@@ -200,14 +203,14 @@ class PartitionTransaction:
             outcome.gaps = gaps
             return outcome
         fresh = [m for m in self.messages if m.offset >= self._position(checkpoints[m.partition])]
-        skipped = len(self.messages) - len(fresh)
+        replayed = [m for m in self.messages if m.offset < self._position(checkpoints[m.partition])]
+        skipped = len(replayed)
         if self.executor is None:
-            result, writes = self._process(fresh)
+            result, writes = self._process(fresh, replayed)
         else:
-            result, writes = await asyncio.get_running_loop().run_in_executor(self.executor, self._process, fresh)
-        result.duplicates += skipped
-        if self.kind is BatchKind.SOURCE:
-            result.consumed += skipped
+            result, writes = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._process, fresh, replayed
+            )
         for m in self.messages:
             self._advance(checkpoints[m.partition], m.offset + 1)
         self._step(TxState.PROCESSED)
@@ -275,15 +278,15 @@ class PartitionTransaction:
         else:
             checkpoint.by_entity = max(checkpoint.by_entity, next_offset)
 
-    def _process(self, messages: Sequence) -> tuple[BatchResult, list[StateWrite]]:
-        """The processor's result over every group of the batch, each group seeing the earlier ones' writes."""
-        if not messages:
+    def _process(self, messages: Sequence, replayed: Sequence = ()) -> tuple[BatchResult, list[StateWrite]]:
+        """The processor's result over every group of the batch, each group seeing the earlier ones' writes.
+
+        ``replayed`` (below their checkpoint, handled before) go first; of them only the state writes of
+        events their entities' applied offsets say are missing are kept, and they count as duplicates
+        otherwise: their side records were produced before the checkpoint was."""
+        if not messages and not replayed:
             return BatchResult(), []
         now = self.now_ms()
-        if self.kind is BatchKind.SOURCE:
-            groups: list[tuple[str | None, Sequence]] = [(None, messages)]
-        else:
-            groups = list(forwarded_groups(messages))
         overlay: dict[tuple[int, bytes], bytes] = {}
         store = self.ports.store
 
@@ -292,14 +295,31 @@ class PartitionTransaction:
             loaded = dict(zip(missing, store.load(partition, missing), strict=True)) if missing else {}
             return [overlay.get((partition, k), loaded.get(k)) for k in keys]
 
-        total = BatchResult()
-        for slot, records in groups:
-            part = self.processor.process(records, now, load, slot)
-            for w in part.writes:
-                overlay[(w.partition, w.key)] = w.value
-            part.writes = []
-            if slot is not None:
-                part.consumed = 0  # counted when consumed from the source topic
-            total.absorb(part)
+        total, recovered = BatchResult(), 0
+        for is_replay, batch in ((True, replayed), (False, messages)):
+            if not batch:
+                continue
+            groups = [(None, batch)] if self.kind is BatchKind.SOURCE else list(forwarded_groups(batch))
+            for slot, records in groups:
+                part = self.processor.process(records, now, load, slot)
+                for w in part.writes:
+                    overlay[(w.partition, w.key)] = w.value
+                part.writes = []
+                if slot is not None:
+                    part.consumed = 0  # counted when consumed from the source topic
+                if is_replay:
+                    recovered += part.applied
+                else:
+                    total.absorb(part)
+        if replayed:
+            total.applied += recovered
+            total.duplicates += len(replayed) - recovered
+            if self.kind is BatchKind.SOURCE:
+                total.consumed += len(replayed)
+        if recovered:
+            log.warning(
+                "%d event(s) below their partition's checkpoint were missing from their entities' state "
+                "(a changelog record written from an older state): applied now", recovered,
+            )  # fmt: skip
         writes = [StateWrite(p, k, v) for (p, k), v in overlay.items()]
         return total, writes
