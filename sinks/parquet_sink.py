@@ -375,7 +375,7 @@ class ParquetSink:
         if not buffer.payloads:
             return
         now_ms = int(time.time() * 1000)
-        rows, positions, rejected = self.validator.decode(buffer.payloads, now_ms)
+        frame, positions, rejected = self.validator.decode_frame(buffer.payloads, now_ms)
         self.stats.invalid += len(rejected)
         for bad in rejected:
             if bad.reason in self.stats.reasons or len(self.stats.reasons) < 100:
@@ -388,14 +388,14 @@ class ParquetSink:
                 partition,
                 rejected[0].reason,
             )
-        if not rows:
+        if not positions:
             return
         positions = np.asarray(positions, dtype=np.int64)
         offsets = np.asarray(buffer.offsets, dtype=np.int64)[positions]
         arrivals = np.asarray(buffer.arrivals, dtype=np.int64)[positions]
         arrivals = np.where(arrivals >= 0, arrivals, now_ms)  # a record without a timestamp arrived now
-        files = write_batch(self.fs, self.root, partition, self.validator.to_frame(rows), offsets, arrivals)
-        self.stats.written += len(rows)
+        files = write_batch(self.fs, self.root, partition, frame, offsets, arrivals)
+        self.stats.written += len(positions)
         self.stats.files += len(files)
 
     def _forget(self, partitions) -> None:
