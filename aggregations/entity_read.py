@@ -13,13 +13,15 @@ that case, with the same window contract and the same field and op definitions:
   the tiles' items, as ``reduce_ranges`` does), and each op finalizes all of them at once with its own
   ``finalize``.
 
-The number of numpy calls is fixed by the plan, not by the entities, windows or tiles. Values equal the
+The number of numpy calls is fixed by the plan, not by the entities, windows or tiles; a read of one entity
+(a GET) finds its rows by bisection instead. Values equal the
 kernel's: exactly for counts, min, max, first, last and the sketches; sums and moments may differ in the
 last bits, as the tiles are added in one sequence instead of level by level.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -96,7 +98,8 @@ class EntityReader:
             out.update(plain.read(self.plan, latest, q, np.full(n, at_ms, dtype=np.int64), program.latest))
         if not program.windows or n == 0:
             return out
-        extended, index, starts = self._gather_index(rows, program, int(at_ms))
+        gather = self._gather_index_one if n == 1 else self._gather_index
+        extended, index, starts = gather(rows, program, int(at_ms))
         states = self._reduce(rows, program, extended[index], index, starts)
         width = len(program.windows)
         for feature, members in program.groups:
@@ -143,6 +146,29 @@ class EntityReader:
         group_ends = ends.reshape(n, -1)[:, program.window_last].ravel()
         group_starts = np.concatenate([[0], group_ends[:-1]])
         return extended, index, group_starts
+
+    def _gather_index_one(self, rows: EntityRows, program: _Program, at: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``_gather_index`` of one entity: the same rows, found by bisection in each level's tile indices
+        (a read of one entity is what a GET asks; here a dozen numpy calls would cost more than the search)."""
+        tiles = rows.matrix[:, 0].tolist()  # per level, in ascending tile index
+        level_start = [0]
+        for count in rows.counts[0].tolist():
+            level_start.append(level_start[-1] + count)
+        empty_row = len(tiles)
+        index: list[int] = []
+        starts: list[int] = []
+        for window, window_parts in zip(program.windows, program.parts, strict=True):
+            starts.append(len(index))
+            bound = window.start(at)
+            for l_pos, period in window_parts:
+                upper = (at // period) * period
+                first, end = level_start[l_pos], level_start[l_pos + 1]
+                index.extend(range(bisect_left(tiles, bound // period, first, end),
+                                   bisect_left(tiles, upper // period, first, end)))  # fmt: skip
+                bound = upper
+            index.append(empty_row)
+        extended = np.concatenate([rows.matrix, self.codec.identity[None, :]])
+        return extended, np.asarray(index, dtype=np.int64), np.asarray(starts, dtype=np.int64)
 
     def _reduce(
         self, rows: EntityRows, program: _Program, taken: np.ndarray, index: np.ndarray, starts: np.ndarray

@@ -1,8 +1,10 @@
 """Strict JSON on the worker's HTTP API, both ways (RFC 8259: no NaN, Infinity or -Infinity).
 
 * Answers: ``dumps`` writes non-finite floats as ``null`` (a sum that overflowed float64, an on-read
-  feature divided by zero), so every strict parser reads them. The fast path is one ``json.dumps`` call;
-  only an answer that holds a non-finite value is walked and rewritten.
+  feature divided by zero), so every strict parser reads them. The fast path is one ``orjson.dumps`` call
+  (which writes them as null itself, several times faster than ``json``); what orjson refuses (a lone
+  surrogate in an entity id, an integer beyond 64 bits, a type it does not know) takes the ``json`` path,
+  which walks and rewrites an answer only if it holds a non-finite value.
 * Requests: ``loads`` refuses ``NaN``/``Infinity`` literals, numbers beyond float64 (``1e400``) and
   nesting deeper than ``MAX_DEPTH`` with ``NotStrictJSON`` (the views answer 400).
 """
@@ -13,6 +15,8 @@ import json
 import math
 from typing import Any
 
+import orjson
+
 MAX_DEPTH = 32  # a vector request is {"entities": [{...}]}: depth 3, plus room for nested request columns
 
 
@@ -22,6 +26,10 @@ class NotStrictJSON(ValueError):
 
 def dumps(value: Any) -> bytes:
     """``value`` as compact UTF-8 JSON; NaN and ±Infinity become null."""
+    try:
+        return orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        pass
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except ValueError:  # a non-finite float somewhere: rewrite them (rare, so not on the fast path)

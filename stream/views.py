@@ -5,7 +5,8 @@
   has its own route; a key whose partition is active here is read from that partition's store
   (``LocalState``), any other is forwarded to the worker that owns the partition in the group's assignment
   (503 with the reason while no owner is known); a catch-all route answers 404 for unknown sets. Query
-  parameters named like on-read inputs (e.g. ``amount``) feed on-read features.
+  parameters named like on-read inputs (e.g. ``amount``) feed on-read features. Reads that arrive together
+  are computed together (``read_batch``).
 * ``POST /vectors/{vector}`` with ``{"entities": [{...}, ...]}`` (at most 1000) -> one result per
   entity with the vector's features, on-read ones included. Keys owned here are read locally in
   one batch; keys owned elsewhere are fetched one by one from their owner's GET view.
@@ -36,6 +37,7 @@ from . import auth
 from .http_metrics import install_http_metrics
 from .metrics import WorkerMetrics
 from .partitioning import entity_partition
+from .read_batch import ReadBatcher
 from .reading import (
     BadRequest,
     FeatureReader,
@@ -187,6 +189,7 @@ def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:
         app, table, topics.partitions if topics is not None else None
     )
     sample = ctx.extra["served_sample"]
+    batcher = ReadBatcher(reader, now_ms)
 
     class FeaturesOfEntity(View):
         async def get(self, request, entity: str):
@@ -206,8 +209,7 @@ def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:
                         return self.json({"error": f"{NOT_HERE} (forwarded here, owner {owner})"}, status=503)
                     return await _forward(app, self, request, owner)
                 blob = table.get(key)  # assigned here, not active yet
-            at = now_ms()
-            (values,) = reader.read([blob], at, features, req)
+            at, values = await batcher.read(blob, features, req)
             sample.record("feature_set", set_name, [values])
             return self.json({"entity": entity, "at": at, "features": values})
 
