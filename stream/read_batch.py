@@ -4,8 +4,9 @@ A read of one entity costs mostly the fixed overhead of its numpy calls (a few d
 number of entities), so eight entities read in one call cost about a sixth of eight single reads. Under
 concurrent load the event loop wakes several request handlers in one turn: each one queues its entity
 here, and a callback scheduled behind them reads all queued entities of a feature set at one time t
-(``at``), in one call, then wakes each handler with its own row. A lone request waits for nothing but
-that one callback, in the same turn of the loop's queue.
+(``at``), in one call, then wakes each handler with its own row. A request that finds nothing else
+queued on the loop (asyncio's ready queue is empty: no other handler can join it this turn) is read at
+once, without the extra turn.
 
 Reads with on-read request inputs (``?amount=...``) and reads of different feature lists are grouped
 separately, so each call is exactly a read the reader would have been asked for alone.
@@ -42,6 +43,10 @@ class ReadBatcher:
             (values,) = self.reader.read([blob], at, features, request)
             return at, values
         loop = asyncio.get_running_loop()
+        if not self._scheduled and not getattr(loop, "_ready", True):  # nothing else to run this turn
+            at = self.now_ms()
+            (values,) = self.reader.read([blob], at, features)
+            return at, values
         future = loop.create_future()
         key = None if features is None else tuple(features)
         self._groups.setdefault(key, []).append((blob, future))

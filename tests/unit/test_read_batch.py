@@ -120,3 +120,18 @@ def test_a_cancelled_request_does_not_break_its_batch():
 
     _, values = asyncio.run(scenario())
     assert values == FeatureReader(FS).read([BLOBS[1]], NOW)[0]
+
+
+def test_a_lone_read_is_answered_at_once():
+    reader = CountingReader(FS)
+    batcher = ReadBatcher(reader, lambda: NOW)
+
+    async def lone():
+        step = batcher.read(BLOBS[0], None)
+        with pytest.raises(StopIteration) as done:  # finished on its first step: it never waited
+            step.send(None)
+        return done.value.value
+
+    at, values = asyncio.run(lone())
+    assert reader.calls == [1] and at == NOW
+    assert values == FeatureReader(FS).read([BLOBS[0]], NOW)[0]
