@@ -89,6 +89,13 @@ def add_commands(subparsers, shared) -> None:
         "owner dies (env FEATURESTREAM_STANDBY_REPLICAS; default 1)",
     )
     w.add_argument(
+        "--state-cache-mb",
+        type=int,
+        default=int(_env("STATE_CACHE_MB", "256")),
+        help="memory for recently used entity state in front of RocksDB, per feature set; a batch whose "
+        "entities are all in it reads no RocksDB (env FEATURESTREAM_STATE_CACHE_MB; default 256)",
+    )
+    w.add_argument(
         "--allow-partial-state",
         action="store_true",
         default=_env("ALLOW_PARTIAL_STATE", "") in ("1", "true", "yes"),
@@ -121,10 +128,14 @@ def run_worker(args: argparse.Namespace) -> int:
     from aggregations.loading import load_registry
 
     from .app import create_app
+    from .state_cache import StateCache
     from .status import StatusWorker
     from .views import is_ready
 
     parse_duration(args.max_future)  # a malformed bound fails here, with a clear message
+    if args.state_cache_mb < 0:
+        raise ValueError(f"--state-cache-mb must be >= 0, got {args.state_cache_mb}")
+    StateCache.set_default_max_bytes(args.state_cache_mb * 1024 * 1024)
     check_web_port(args.web_bind or args.web_host, args.web_port)  # before any Kafka work: fail fast
     auth_token = resolve_token(getattr(args, "auth_token_file", None))
     kafka = getattr(args, "kafka", None)  # featurestream.kafka_security.KafkaSecurity (TLS/SASL), set by the CLI

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from itertools import islice
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+_max_bytes = DEFAULT_MAX_BYTES  # of caches made from now on (the worker's ``--state-cache-mb``)
 #: Keys per RocksDB multi-get: rocksdict keeps the interpreter lock for a whole call (tens of ms for thousands
 #: of keys), so a batch loading off the event loop would hold reads up that long.
 GET_CHUNK = 256
@@ -32,15 +33,23 @@ class StateCache:
     """Blobs per (partition, key) of one table's stores; see the module docstring. Thread-safe: a batch may
     load through it off the event loop while a view reads through it on the loop."""
 
-    def __init__(self, table, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, table, max_bytes: int | None = None):
         self.table = table
-        self.max_bytes = max_bytes
+        self.max_bytes = _max_bytes if max_bytes is None else max_bytes
         # partition -> {key: blob}: dicts of bytes only, which the garbage collector does not track
         self._partitions: dict[int, dict[bytes, bytes]] = {}
         self._bytes = 0
         self._generation = None
         self._changes = 0  # writes, invalidations and clears so far: a fill read before one is not kept
         self._lock = threading.Lock()
+
+    @staticmethod
+    def set_default_max_bytes(max_bytes: int) -> None:
+        """The bound of every cache made after this call (one per table)."""
+        global _max_bytes
+        if max_bytes < 0:
+            raise ValueError(f"state cache size must be >= 0 bytes, got {max_bytes}")
+        _max_bytes = max_bytes
 
     @classmethod
     def of(cls, table) -> StateCache:

@@ -113,6 +113,7 @@ def test_deliver_releases_the_batches_not_handed_over_when_cancelled():
 def test_the_drain_loop_delivers_each_topic_of_a_fetch_as_one_batch_and_tracks_it():
     app = fake_app()
     app.topics = SimpleNamespace(acks_enabled_for=lambda topic: True)
+    app.monitor = SimpleNamespace(stream_inbound_time={})
     fetched = [(TP(TOPIC, 0), msg(0, 0)), (TP(TOPIC, 1), msg(1, 0)), (TP("other", 0), msg(0, 0, topic="other")),
                (TP(TOPIC, 0), msg(0, 1))]  # fmt: skip
     delivered, passed_on = [], []
@@ -151,6 +152,8 @@ def test_the_drain_loop_delivers_each_topic_of_a_fetch_as_one_batch_and_tracks_i
     assert delivered == [[(0, 0), (1, 0), (0, 1)]]
     assert [m.topic for m in passed_on] == ["other"]  # unregistered topics still go Faust's way
     assert consumer._read_offset[TP(TOPIC, 0)] == 1
+    # Faust's live-lock check sees the delivered partitions as processing (no false "has not started" error)
+    assert set(app.monitor.stream_inbound_time) == {TP(TOPIC, 0), TP(TOPIC, 1)}
 
 
 # --- ports -------------------------------------------------------------------------------------------
@@ -387,6 +390,22 @@ def test_the_state_cache_answers_what_rocksdb_holds(tmp_path):
     assert small._bytes <= 1000 and small.get(1, bytes([49])) == b"x" * 100  # the newest kept
     for db in data.dbs.values():
         db.close()
+
+
+def test_the_state_cache_size_is_the_workers_setting(monkeypatch):
+    from featurestream.cli import build_parser
+    from stream import state_cache
+    from stream.state_cache import StateCache
+
+    monkeypatch.setenv("FEATURESTREAM_STATE_CACHE_MB", "64")
+    args = build_parser().parse_args(["worker"])
+    assert args.state_cache_mb == 64
+    monkeypatch.setattr(state_cache, "_max_bytes", state_cache.DEFAULT_MAX_BYTES)
+    StateCache.set_default_max_bytes(args.state_cache_mb * 1024 * 1024)
+    assert StateCache(SimpleNamespace()).max_bytes == 64 * 1024 * 1024
+    assert StateCache(SimpleNamespace(), max_bytes=10).max_bytes == 10
+    with pytest.raises(ValueError, match=">= 0"):
+        StateCache.set_default_max_bytes(-1)
 
 
 def test_table_partitions_are_written_without_a_write_ahead_log(tmp_path):
