@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -82,6 +83,19 @@ def _drop_stale(consumer, app, topic: str, messages: list) -> list:
         return []
     keep = {id(m) for m in stale}
     return [m for m in messages if id(m) not in keep]
+
+
+def mark_inbound(app, batches: dict[str, list]) -> None:
+    """Tell Faust's monitor that these partitions' events reached processing (what a Faust Stream records
+    per event): its live-lock check otherwise logs "Stream has not started processing" for every source
+    partition of a healthy worker once ``stream_processing_timeout`` has passed."""
+    inbound = getattr(getattr(app, "monitor", None), "stream_inbound_time", None)
+    if inbound is None:
+        return
+    now = time.monotonic()
+    for messages in batches.values():
+        for tp in {m.tp for m in messages}:
+            inbound[tp] = now
 
 
 async def deliver(consumer, app, batches: dict[str, list], handlers: dict[str, BatchHandler]) -> None:
@@ -166,6 +180,7 @@ async def _drain_messages(self, fetcher) -> None:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
                 unset_flag(CONSUMER_FETCHING)
+                mark_inbound(app, batches)
                 for tp, n in redelivered.items():
                     log.info("%d message(s) of %s redelivered below its read offset after a seek", n, tp)
             try:
