@@ -30,6 +30,7 @@ import numpy as np
 from aggregations import FeatureSet
 from aggregations.retry import Retrying, retrying
 
+from .compiled_records import use_compiled_records
 from .parquet_sink import ParquetSink, _Buffer, default_group
 from .progress import progress_bar
 from .writer import claim_source, remove_temps, write_text_atomic, written_offsets
@@ -114,6 +115,7 @@ def backfill(
         fetch_max_wait_ms=100,
         **dict(client_config or {}),
     )
+    use_compiled_records(consumer)
     try:
         ids = _partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in ids]
@@ -163,14 +165,11 @@ def backfill(
                 if seen:
                     position[p] = records[-1].offset + 1
                     if len(known[p]):
-                        offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=seen)
+                        offsets = np.array([r.offset for r in records], dtype=np.int64)
                         at = np.minimum(np.searchsorted(known[p], offsets), len(known[p]) - 1)
                         new = (known[p][at] != offsets).tolist()
                         records = [r for r, keep in zip(records, new, strict=True) if keep]
-                    buffer = buffers.setdefault(p, _Buffer())
-                    buffer.payloads.extend(r.value for r in records)
-                    buffer.offsets.extend(r.offset for r in records)
-                    buffer.arrivals.extend(r.timestamp for r in records)
+                    buffers.setdefault(p, _Buffer()).add(records)
                     pending += len(records)
                     stats.consumed += seen
                     stats.skipped += seen - len(records)

@@ -1,7 +1,8 @@
 """The Parquet sink: a feature set's source topic -> its offline dataset, effectively once.
 
 One sink per FeatureSet, in its own consumer group (``featurestream-sink-{name}``), so it reads the
-topic independently of the online worker. It polls records, buffers them per Kafka partition and,
+topic independently of the online worker. It polls records (kafka-python's group consumer, each fetch
+parsed by aiokafka's compiled record reader: ``compiled_records``), buffers them per Kafka partition and,
 every ``flush_events`` events or ``flush_seconds`` seconds:
 
 1. decodes and validates the payloads with ``EventValidator`` (the same rules as the online worker;
@@ -32,6 +33,7 @@ from aggregations import EventValidator, FeatureSet
 from aggregations.naming import DEFAULT_APP_ID
 
 from . import kafka_fixes
+from .compiled_records import use_compiled_records
 from .layout import dataset_dir
 from .writer import claim_source, remove_temps, write_batch, written_offsets
 
@@ -81,6 +83,12 @@ class _Buffer:
     offsets: list = field(default_factory=list)
     arrivals: list = field(default_factory=list)
     read: int = 0  # records read into this buffer, new or already in the dataset
+
+    def add(self, records) -> None:
+        """Append records (anything with ``value``, ``offset`` and ``timestamp``), a column at a time."""
+        self.payloads += [r.value for r in records]
+        self.offsets += [r.offset for r in records]
+        self.arrivals += [r.timestamp for r in records]
 
 
 @dataclass
@@ -184,6 +192,7 @@ class ParquetSink:
         }
         config.update(self.consumer_config)
         consumer = self._connect(KafkaConsumer, config, assignment_timeout_s)
+        use_compiled_records(consumer)
         started = time.monotonic()
         last_flush = started
         end_offsets: dict | None = None
@@ -273,7 +282,7 @@ class ParquetSink:
         """Buffer polled records of one partition, skipping offsets already in the dataset."""
         if not records:
             return
-        offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
+        offsets = np.array([r.offset for r in records], dtype=np.int64)
         self._to_commit[partition] = max(self._to_commit.get(partition, 0), int(offsets.max()) + 1)
         self._unflushed_from.setdefault(partition, int(offsets.min()))
         settled = self._settled.get(partition, 0)
@@ -300,12 +309,10 @@ class ParquetSink:
         new = known.mask_new(offsets)
         buffer = self._buffers.setdefault(partition, _Buffer())
         buffer.read += len(records)
-        for record, keep in zip(records, new.tolist(), strict=True):
-            if keep:
-                buffer.payloads.append(record.value)
-                buffer.offsets.append(record.offset)
-                buffer.arrivals.append(record.timestamp)
-        self._pending += int(new.sum())
+        if not new.all():
+            records = [r for r, keep in zip(records, new.tolist(), strict=True) if keep]
+        buffer.add(records)
+        self._pending += len(records)
 
     def _seek_dropped(self, consumer, polled) -> None:
         """Re-read buffers dropped by a rebalance that left the partition with us.
