@@ -11,7 +11,7 @@ Each run is a fresh process (so peak RSS is its own, from ``wait4``) writing int
 * ``backfill``: ``backfill()`` from the beginning (no group, no commits).
 
 Time is from the start of consumption to the last durable file (process start and imports excluded).
-Prints each run and the median.
+Prints each run, the median, and the load average before and after each mode's runs.
 """
 
 from __future__ import annotations
@@ -32,10 +32,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (the broker's and its controller's: ``port + 1`` may be taken)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _load() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def fill(broker: str, topic: str, events: int, partitions: int, users: int = 10_000) -> float:
@@ -125,19 +137,17 @@ def main() -> int:
         return 0
     broker, own = args.broker, None
     if broker is None:
-        port = _free_port()
-        own = (str(port), tempfile.mkdtemp(prefix="featurestream-bench-kafka-"))
-        subprocess.run(
-            [str(REPO / "deploy/kafka/start.sh"), "--port", own[0], "--data-dir", own[1]],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        port, controller = _free_ports(2)
+        data_dir = tempfile.mkdtemp(prefix="featurestream-bench-kafka-")
+        own = ["--port", str(port), "--controller-port", str(controller), "--data-dir", data_dir]
+        subprocess.run([str(REPO / "deploy/kafka/start.sh"), *own], check=True, stdout=subprocess.DEVNULL)
         broker = f"127.0.0.1:{port}"
     try:
         topic = f"bench-sink-{uuid.uuid4().hex[:8]}"
         took = fill(broker, topic, args.events, args.partitions)
         print(f"filled {topic}: {args.events:,} events in {args.partitions} partitions ({took:.1f}s)")
         for mode in ("sink", "backfill"):
+            print(f"{mode}: {_load()} before")
             results = [run_once(mode, broker, topic) for _ in range(args.runs)]
             for r in results:
                 assert r["written"] == args.events, r
@@ -146,11 +156,13 @@ def main() -> int:
                 )
             rate = statistics.median(r["rate"] for r in results)
             rss = statistics.median(r["peak_rss_mb"] for r in results)
-            print(f"{mode}: median {rate:,.0f} events/s, peak RSS {rss:.0f} MB ({args.runs} runs)")
+            print(
+                f"{mode}: median {rate:,.0f} events/s, peak RSS {rss:.0f} MB ({args.runs} runs; {_load()} after)"
+            )
     finally:
         if own is not None:
             subprocess.run(
-                [str(REPO / "deploy/kafka/stop.sh"), "--port", own[0], "--data-dir", own[1], "--wipe"],
+                [str(REPO / "deploy/kafka/stop.sh"), *own, "--wipe"],
                 stdout=subprocess.DEVNULL,
             )
     return 0
