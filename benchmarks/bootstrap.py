@@ -29,10 +29,18 @@ sys.path.insert(0, str(REPO))
 from benchmarks.offline import END_MS, KAFKA_PARTITIONS, feature_set, generate_events, write_dataset  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (the broker's and its controller's: ``port + 1`` may be taken)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def child(broker: str, data_dir: str, topic: str, app_id: str) -> None:
@@ -63,10 +71,10 @@ def main() -> int:
         return 0
     broker, own = args.broker, None
     if broker is None:
-        port = _free_port()
-        own = (str(port), tempfile.mkdtemp(prefix="featurestream-bench-kafka-"))
-        subprocess.run([str(REPO / "deploy/kafka/start.sh"), "--port", own[0], "--data-dir", own[1]],
-                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        port, controller = _free_ports(2)
+        data_dir = tempfile.mkdtemp(prefix="featurestream-bench-kafka-")
+        own = ["--port", str(port), "--controller-port", str(controller), "--data-dir", data_dir]
+        subprocess.run([str(REPO / "deploy/kafka/start.sh"), *own], check=True, stdout=subprocess.DEVNULL)
         broker = f"127.0.0.1:{port}"
     try:
         with tempfile.TemporaryDirectory(prefix="featurestream-bench-bootstrap-") as work:
@@ -97,8 +105,7 @@ def main() -> int:
             )
     finally:
         if own is not None:
-            subprocess.run([str(REPO / "deploy/kafka/stop.sh"), "--port", own[0], "--data-dir", own[1], "--wipe"],
-                           stdout=subprocess.DEVNULL)  # fmt: skip
+            subprocess.run([str(REPO / "deploy/kafka/stop.sh"), *own, "--wipe"], stdout=subprocess.DEVNULL)
     return 0
 
 
