@@ -78,7 +78,6 @@ def is_ready(app) -> bool:
 def register_views(app, ctx: ServingContext) -> None:
     """Add the featurestream routes to a Faust app (per-set routes before the catch-all)."""
     install_http_metrics(app, ctx.metrics)
-    _close_http_session(app)
     register_sample_view(app, ctx.registry, ctx.extra.setdefault("served_sample", ServedSample()), ctx.worker_id)
     for name in ctx.registry.feature_sets:
         _register_feature_set_view(app, ctx, name)
@@ -175,34 +174,10 @@ async def _forward(app, view: View, request, owner: URL):
     url = request.url.with_host(owner.host).with_port(owner.port)
     headers = {**request.headers, FORWARDED_HEADER: "1"}
     try:
-        async with http_session(app).request(method=request.method, headers=headers, url=url) as response:
+        async with app.http_client.request(method=request.method, headers=headers, url=url) as response:
             return view.text(await response.text(), content_type=response.content_type, status=response.status)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return view.json({"error": f"the owner of this key ({owner}) did not answer: {exc!r}; retry"}, status=503)
-
-
-_SESSION_ATTR = "_featurestream_http_session"
-
-
-def http_session(app) -> aiohttp.ClientSession:
-    """The HTTP client of the views, made on first use in the loop that serves them (the web thread's;
-    Faust's ``app.http_client`` belongs to the main loop) and closed when the web server stops."""
-    session = getattr(app, _SESSION_ATTR, None)
-    if session is None or session.closed:
-        session = aiohttp.ClientSession()
-        setattr(app, _SESSION_ATTR, session)
-    return session
-
-
-def _close_http_session(app) -> None:
-    """Close the views' HTTP client when the web server stops (aiohttp's cleanup, in the serving loop)."""
-
-    async def close(_web_app) -> None:
-        session = getattr(app, _SESSION_ATTR, None)
-        if session is not None:
-            await session.close()
-
-    app.web.web_app.on_cleanup.append(close)
 
 
 def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:
@@ -311,7 +286,7 @@ async def _remote_features(app, owner: URL, fs, key: str, features: list[str], e
     )
     headers = {**auth.outgoing_headers(app), FORWARDED_HEADER: "1"}
     try:
-        async with http_session(app).get(url, headers=headers) as response:
+        async with app.http_client.get(url, headers=headers) as response:
             if response.status != 200:
                 raise _Unavailable(f"owner {owner} of {fs.name}/{key} answered HTTP {response.status}")
             body = await response.json()
