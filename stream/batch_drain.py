@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
 
-#: Messages collected between two turns of the event loop (a fetch holds thousands; each costs a few µs).
-COLLECT_YIELD_EVERY = 250
-
 _HANDLERS_ATTR = "_featurestream_batch_handlers"
 _INSTALLED = False
 
@@ -168,10 +165,6 @@ async def _drain_messages(self, fetcher) -> None:
                         message.tracked = True
                         add_unacked(message)
                         batch.append(message)
-                        num_since_yield += 1
-                        if num_since_yield >= COLLECT_YIELD_EVERY:
-                            await sleep(0)  # a fetch of thousands of messages: let reads be answered
-                            num_since_yield = 0
                     else:
                         num_since_yield += 1
                         if num_since_yield > yield_every:

@@ -5,9 +5,9 @@ table's RocksDB databases (rocksdict). Thin on purpose: the order of things is `
   batch may be stored while the group coordinator's live generation is still the batch's.
 * ``KafkaChangelog``: aiokafka's producer directly (Faust's wrapper adds a sensor callback per record);
   all of a batch's records are handed over before any is awaited.
-* ``TableStore``: one multi-get per partition of what the table's ``StateCache`` does not hold; RocksDB
-  WriteBatches of blobs, the last of a batch's also holding the highest changelog offset they reach (Faust's
-  persisted offset, where recovery resumes), each followed by the cache's update.
+* ``TableStore``: one multi-get per partition of what the table's ``StateCache`` does not hold; one RocksDB
+  WriteBatch per partition holding the blobs and the highest changelog offset they reach (Faust's persisted
+  offset, where recovery resumes), then the cache updated.
 * ``ConsumerSource``: acks through Faust's consumer; releases by untracking the messages and forgetting
   their partitions' read offsets, so the messages fetched again after the seek are delivered.
 * ``KafkaSideOutputs``: dead letters, late events and forwards; one too large for its topic becomes a
@@ -108,12 +108,11 @@ class TableStore:
     def load(self, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
         return self.cache.get_many(partition, keys)
 
-    def write(self, partition: int, items: Sequence[tuple[bytes, bytes]], changelog_offset: int | None) -> None:
+    def write(self, partition: int, items: Sequence[tuple[bytes, bytes]], changelog_offset: int) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in items:
             batch.put(key, value)
-        if changelog_offset is not None:
-            batch.put(self.table.data.offset_key, str(int(changelog_offset)).encode())
+        batch.put(self.table.data.offset_key, str(int(changelog_offset)).encode())
         self._db(partition).write(batch)
         self.cache.stored(partition, items)
 

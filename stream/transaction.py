@@ -21,15 +21,11 @@ steps which make online state effectively once. Each step, and what a crash or a
    changelog and nothing acked at the source: the replay skips whatever reached the changelog (table
    recovery restores it; per-entity applied offsets and the checkpoint say so) and applies the rest.
    A checkpoint is written only after its side records are durable, so skipping never loses one.
-4. **stored**: if the consumer generation is still the batch's, the local store gets the same records in
-   atomic writes of at most ``STORE_CHUNK`` records per partition, the last holding the checkpoint and the
-   partition's highest changelog offset (where recovery resumes); reads are answered between two writes
-   (a store binding keeps the interpreter lock through a write). A crash between two leaves records in
-   the store that its changelog holds past the persisted offset, so recovery writes them again: the store
-   is never ahead of its changelog. A rebalance under way waits for this batch (Faust's ``wait_empty``
-   waits for its tracked messages), so it completes. If the group moved on without this worker (it was
-   expelled), nothing more is done: the changelog holds the records and whoever owns the partitions now
-   replays them, deduplicated.
+4. **stored**: if the consumer generation is still the batch's, the local store gets the same records,
+   with the partition's highest changelog offset, in one atomic write per partition. A rebalance under
+   way waits for this batch (Faust's ``wait_empty`` waits for its tracked messages), so it completes. If
+   the group moved on without this worker (it was expelled), nothing more is done: the changelog holds
+   the records and whoever owns the partitions now replays them, deduplicated.
 5. **complete**: the source messages are acked; Faust commits acked offsets, and the broker refuses a
    commit from an older generation.
 
@@ -55,9 +51,6 @@ from .forwarding import forwarded_groups
 from .processor import BatchProcessor, BatchResult, StateWrite
 
 log = logging.getLogger(__name__)
-
-#: Records per local store write: about a millisecond of RocksDB work at a few KB a record.
-STORE_CHUNK = 256
 
 
 class TxState(enum.Enum):
@@ -104,8 +97,8 @@ class Store(Protocol):
 
     def load(self, partition: int, keys: Sequence[bytes]) -> Sequence[bytes | None]: ...
 
-    def write(self, partition: int, items: Sequence[tuple[bytes, bytes]], changelog_offset: int | None) -> None:
-        """Write ``items`` and (unless None) the changelog offset they reach, atomically."""
+    def write(self, partition: int, items: Sequence[tuple[bytes, bytes]], changelog_offset: int) -> None:
+        """Write ``items`` and the changelog offset they reach, atomically."""
 
 
 class Source(Protocol):
@@ -159,16 +152,13 @@ class PartitionTransaction:
         on_step: Callable[[TxState], Any] | None = None,
         accept_gaps: Mapping[int, int] | None = None,
         executor: Executor | None = None,
-        store_chunk: int = STORE_CHUNK,
     ):
         """``accept_gaps``: {partition: first offset} of gaps already found to be real (the offsets do not
         exist in the topic any more: retention, compaction), so a batch starting there proceeds.
         ``executor``: where the pure processing step runs (None: inline). The worker gives it a thread of its
-        own, so the event loop keeps serving reads while a batch is folded. ``store_chunk``: records per
-        local store write (step 4)."""
+        own, so the event loop keeps serving reads while a batch is folded."""
         self.processor = processor
         self.executor = executor
-        self.store_chunk = store_chunk
         self.accept_gaps = dict(accept_gaps or {})
         self.kind = kind
         self.messages = list(messages)
@@ -252,15 +242,8 @@ class PartitionTransaction:
             return self._abandon("the group moved on while the changelog was written", result)
         for partition, checkpoint in checkpoints.items():
             items.setdefault(partition, []).append((CHECKPOINT_KEY, checkpoint.encode()))
-        chunk = self.store_chunk
         for partition, batch in sorted(items.items()):
-            for start in range(0, len(batch) - chunk, chunk):  # all but the last chunk
-                ports.store.write(partition, batch[start : start + chunk], None)
-                await asyncio.sleep(0)  # reads are answered between two chunks
-                if not ports.fence.owns(self.token):
-                    return self._abandon("the group moved on while the store was written", result)
-            last = (len(batch) - 1) // chunk * chunk
-            ports.store.write(partition, batch[last:], top[partition])
+            ports.store.write(partition, batch, top[partition])
         self._step(TxState.STORED)
         ports.source.ack(self.messages)
         self._step(TxState.COMPLETE)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -122,7 +121,6 @@ class FakeStore:
         self.data: dict[int, dict[bytes, bytes]] = {}
         self.persisted: dict[int, int] = {}
         self.crash_on_write = False
-        self.after_writes: tuple[int, Callable[[], None]] | None = None  # (n, strike): strike after n writes
 
     def load(self, partition, keys):
         db = self.data.get(partition, {})
@@ -131,16 +129,8 @@ class FakeStore:
     def write(self, partition, items, changelog_offset):
         if self.crash_on_write:
             raise Crash("store write")
-        if self.after_writes is not None:
-            left, strike = self.after_writes
-            if left == 0:
-                self.after_writes = None
-                strike()
-            else:
-                self.after_writes = (left - 1, strike)
         self.data.setdefault(partition, {}).update(items)
-        if changelog_offset is not None:
-            self.persisted[partition] = changelog_offset
+        self.persisted[partition] = changelog_offset
 
     def recover(self, changelog: Log) -> None:
         """Faust's table recovery: apply the changelog from the persisted offset on."""
@@ -202,12 +192,10 @@ def run(tx: PartitionTransaction):
     return asyncio.run(tx.run())
 
 
-def transaction(rig: Rig, messages, kind=BatchKind.SOURCE, on_step=None, executor=None, store_chunk=None,
-                **ports) -> PartitionTransaction:  # fmt: skip
+def transaction(rig: Rig, messages, kind=BatchKind.SOURCE, on_step=None, executor=None, **ports) -> PartitionTransaction:
     processor = BatchProcessor(FS, "pay", partitions=PARTITIONS)
-    chunk = {} if store_chunk is None else {"store_chunk": store_chunk}
     return PartitionTransaction(processor, kind, messages, 1, rig.ports(**ports), lambda: NOW, on_step,
-                                executor=executor, **chunk)  # fmt: skip
+                                executor=executor)  # fmt: skip
 
 
 #: The worker's way: each batch folded on a thread of its own (one at a time), the other steps on the loop.
@@ -489,14 +477,6 @@ def simulate(events: list[tuple[int, dict | bytes]], faults: list[tuple[int, str
             ports["crash_at_send"] = 2
         if fault == "store:crash":
             w.rig.store.crash_on_write = True
-        if fault == "store-chunk:crash":  # kill -9 between two of a partition's store writes
-
-            def crash_store():
-                w.rig.store.crash_on_write = True
-
-            w.rig.store.after_writes = (1, crash_store)
-        if fault == "store-chunk:expel":  # expelled between two store writes
-            w.rig.store.after_writes = (1, lambda: setattr(w.rig.fence, "generation", w.rig.fence.generation + 1))
         if fault == "side-ack:crash":
             ports["side_crash"] = "ack"
         executor = FOLD_THREAD
@@ -505,12 +485,10 @@ def simulate(events: list[tuple[int, dict | bytes]], faults: list[tuple[int, str
         elif fault == "folding:expel":
             executor = StrikeWhileFolding(lambda: setattr(w.rig.fence, "generation", w.rig.fence.generation + 1))
         try:
-            outcome = run(transaction(w.rig, messages, kind=kind, on_step=hook, executor=executor,
-                                      store_chunk=2, **ports))  # fmt: skip
+            outcome = run(transaction(w.rig, messages, kind=kind, on_step=hook, executor=executor, **ports))
         except Crash:
             w.restart()
             continue
-        w.rig.store.after_writes = None
         w.commit(topic)
         if outcome.state is TxState.ABANDONED or not w.rig.fence.flowing:
             # The rebalance ends (the worker rejoins, keeping its partitions): replay from the committed offsets.
@@ -522,7 +500,7 @@ def simulate(events: list[tuple[int, dict | bytes]], faults: list[tuple[int, str
 FAULTS = st.sampled_from(
     ["started:rebalance", "processed:crash", "processed:rebalance", "prepared:crash", "prepared:rebalance",
      "prepared:expel", "stored:crash", "complete:crash", "send:crash", "store:crash", "side-ack:crash",
-     "fetch:skip-ahead", "folding:rebalance", "folding:expel", "store-chunk:crash", "store-chunk:expel"]
+     "fetch:skip-ahead", "folding:rebalance", "folding:expel"]
 )  # fmt: skip
 
 users = st.sampled_from([f"u{i}" for i in range(6)])
