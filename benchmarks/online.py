@@ -32,9 +32,8 @@ beside its ceiling measured in the same run, and their ratio:
 Bars (this 2-core machine; printed PASS/MISS, never a CI gate): GET >= 5,000 req/s at 8 connections; GET p99
 <= 1 ms at 1 connection; GET p99 <= 5 ms at 1 connection during 20,000 events/s of ingest; ingest >= 100,000
 events/s per worker; freshness p99 <= 100 ms. ``--profile DIR`` records the worker with py-spy during the
-first ingest, the 8-connection reads and the first reads during ingest (per thread: the web server's thread,
-where reads run, and the ingest event loop's, whose work holds the interpreter lock a read waits for) and
-prints the top functions. The load average is printed at each
+first ingest, the 8-connection reads and the first reads during ingest (per thread: the event loop's, and the
+web server's where it has a thread of its own) and prints the top functions. The load average is printed at each
 phase: figures taken at a load above ~2 on 2 cores measure the neighbours as much as the worker.
 """
 
@@ -782,11 +781,12 @@ def main() -> int:
             for line in spy.top():
                 print(f"  {line}")
             if name == "during":
-                web = spy.busiest_thread_with("web_protocol")
-                print(f"  the web server's thread only ({web}: where reads run, each waiting for the interpreter lock):")
-                for line in spy.top(thread=web):
-                    print(f"  {line}")
-                print("  the ingest event loop's thread only (MainThread):")
+                web = spy.busiest_thread_with("web_protocol") or "MainThread"
+                if web != "MainThread":
+                    print(f"  the web server's thread only ({web}: where reads run, each waiting for the interpreter lock):")
+                    for line in spy.top(thread=web):
+                        print(f"  {line}")
+                print("  the event loop's thread only (MainThread: ingest, and reads unless served from a thread of their own):")
                 for line in spy.top(thread="MainThread"):
                     print(f"  {line}")
     print("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in loads.items()))

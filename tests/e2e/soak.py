@@ -175,12 +175,13 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r.cycle:5d} | {r.events:6d} | {r.lost:4d} | {r.duplicated:10d} | {r.mismatched:10d} | {r.stops}")
     print(f"\n{len(rows)} cycles, {len(bad)} with a difference; logs in {work}")
-    backwards = sum(len(r["backwards"]) for r in audits)
+    wrong = sum(len(r["backwards"]) + len(r["stale_base"]) + r["unreadable"] for r in audits)
     for r in audits:
-        print(f"changelog {r['topic']}: {r['records']} state records, {len(r['backwards'])} moving an entity backwards")
-        for b in r["backwards"][:10]:
+        print(f"changelog {r['topic']}: {r['records']} state records, {len(r['backwards'])} moving an entity "
+              f"backwards, {len(r['stale_base'])} computed from an older state, {r['unreadable']} unreadable")  # fmt: skip
+        for b in (r["backwards"] + r["stale_base"])[:10]:
             print(f"  partition {b['partition']} offset {b['offset']} key {b['key']!r}: {b['record']} after {b['before']}")
-    return 1 if bad or backwards else 0
+    return 1 if bad or wrong else 0
 
 
 def audit_changelogs(bootstrap: str, app_id: str) -> list[dict]:
