@@ -66,6 +66,7 @@ class SinkStats:
     files: int = 0
     flushes: int = 0
     commit_failures: int = 0
+    poll_failures: int = 0  # polls that raised (broker unreachable) and were retried
     reasons: dict[str, int] = field(default_factory=dict)  # invalid events by reason (first 100 reasons)
 
     def summary(self) -> str:
@@ -174,6 +175,7 @@ class ParquetSink:
     def run(self, once: bool = False, assignment_timeout_s: float = 60.0) -> SinkStats:
         """Consume until ``stop()`` (or, with ``once``, until the end of the topic as of assignment)."""
         from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
 
         kafka_fixes.apply()
         claim_source(self.root, self.topic)
@@ -203,7 +205,17 @@ class ParquetSink:
             while not self._stop.is_set():
                 with self._lock:
                     generation = self._generation
-                polled = consumer.poll(timeout_ms=self.poll_timeout_ms)
+                try:
+                    polled = consumer.poll(timeout_ms=self.poll_timeout_ms)
+                except KafkaError as exc:
+                    if once:
+                        raise
+                    # The broker went away mid-poll (a coordinator or metadata call that gave up): nothing
+                    # was consumed, so poll again once it answers; buffered events flush when polls resume.
+                    self.stats.poll_failures += 1
+                    log.warning("sink %s: poll failed (%s); retrying", self.fs.name, exc)
+                    self._stop.wait(self.connect_retry_s)
+                    continue
                 with self._lock:
                     if self._generation != generation and polled:
                         # The assignment changed while we polled: these records may predate it. Rewind

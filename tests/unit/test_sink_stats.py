@@ -100,3 +100,69 @@ def test_records_written_by_an_earlier_run_are_duplicates_once_each(tmp_path):
     again._flush(Committer())
     assert_once_each(again.stats, 50, 5)
     assert (again.stats.duplicates, again.stats.written) == (36, 9)
+
+
+class OutageConsumer(Committer):
+    """A consumer whose polls raise while the broker is away, then return the topic's records: what ``run``
+    asks of kafka-python (subscribe, topic metadata, poll, assignment, commit, close)."""
+
+    def __init__(self, fails: int, **_config):
+        super().__init__()
+        self.fails = fails
+        self.batches = [records(0, 29)]
+
+    def subscribe(self, topics, listener=None):
+        self.topics_ = topics
+
+    def topics(self):
+        return {TOPIC}
+
+    def partitions_for_topic(self, topic):
+        return {0}
+
+    def assignment(self):
+        return {TopicPartition(TOPIC, 0)}
+
+    def poll(self, timeout_ms=0):
+        from kafka.errors import KafkaConnectionError
+
+        if self.fails:
+            self.fails -= 1
+            raise KafkaConnectionError("111 ECONNREFUSED")
+        return {TopicPartition(TOPIC, 0): self.batches.pop()} if self.batches else {}
+
+    def close(self, autocommit=False):
+        pass
+
+
+def test_a_continuous_sink_polls_again_when_the_broker_is_away(tmp_path, monkeypatch):
+    import threading
+
+    import kafka
+
+    consumer = OutageConsumer(fails=3)
+    monkeypatch.setattr(kafka, "KafkaConsumer", lambda **config: consumer)
+    sink = new_sink(tmp_path)
+    sink.connect_retry_s = 0.01
+    sink.flush_seconds = 0.0
+    runner = threading.Thread(target=sink.run)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not consumer.commits and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sink.stop()
+    runner.join(10)
+    assert not runner.is_alive()
+    assert sink.stats.poll_failures == 3
+    assert consumer.commits and consumer.commits[-1] == {0: 30}
+    assert_once_each(sink.stats, 30, 3)
+
+
+def test_a_once_sink_still_fails_on_an_unreachable_broker(tmp_path, monkeypatch):
+    import kafka
+    import pytest
+    from kafka.errors import KafkaConnectionError
+
+    monkeypatch.setattr(kafka, "KafkaConsumer", lambda **config: OutageConsumer(fails=1))
+    with pytest.raises(KafkaConnectionError):
+        new_sink(tmp_path).run(once=True)
