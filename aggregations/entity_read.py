@@ -117,13 +117,10 @@ class EntityReader:
         # Per column of the layout (each window's parts in chain order, then the empty tile): the part's
         # tile index bounds [lo, hi) at ``at``, as kernel.read walks them; the empty tile is [0, 1).
         lo_values, hi_values = [], []
-        for window, window_parts in zip(program.windows, program.parts, strict=True):
-            bound = window.start(at)
-            for _l_pos, period in window_parts:
-                upper = (at // period) * period
-                lo_values.append(bound // period)
-                hi_values.append(upper // period)
-                bound = upper
+        for window_bounds in _part_bounds(program, at):
+            for _l_pos, lo, hi in window_bounds:
+                lo_values.append(lo)
+                hi_values.append(hi)
             lo_values.append(0)  # the empty tile's own index (the identity row's is 0)
             hi_values.append(1)
         # Rows sort by (segment = entity * levels + level, tile index); the empty tile is segment n * levels.
@@ -157,15 +154,11 @@ class EntityReader:
         empty_row = len(tiles)
         index: list[int] = []
         starts: list[int] = []
-        for window, window_parts in zip(program.windows, program.parts, strict=True):
+        for window_bounds in _part_bounds(program, at):
             starts.append(len(index))
-            bound = window.start(at)
-            for l_pos, period in window_parts:
-                upper = (at // period) * period
+            for l_pos, lo, hi in window_bounds:
                 first, end = level_start[l_pos], level_start[l_pos + 1]
-                index.extend(range(bisect_left(tiles, bound // period, first, end),
-                                   bisect_left(tiles, upper // period, first, end)))  # fmt: skip
-                bound = upper
+                index.extend(range(bisect_left(tiles, lo, first, end), bisect_left(tiles, hi, first, end)))
             index.append(empty_row)
         extended = np.concatenate([rows.matrix, self.codec.identity[None, :]])
         return extended, np.asarray(index, dtype=np.int64), np.asarray(starts, dtype=np.int64)
@@ -190,6 +183,20 @@ class EntityReader:
                     arrays.append(_append(source, codec.empty_element(key, pos))[index])
             states[key] = _read_groups(FIELDS[key[1]], tuple(arrays), starts)
         return states
+
+
+def _part_bounds(program: _Program, at: int) -> list[list[tuple[int, int, int]]]:
+    """Per window, its parts' ``(level position, first tile index, end tile index)`` at ``at``: the tiles
+    ``kernel.read`` merges for it, level by level from the window's start up to the exact tiles."""
+    out = []
+    for window, window_parts in zip(program.windows, program.parts, strict=True):
+        bound, bounds = window.start(at), []
+        for l_pos, period in window_parts:
+            upper = (at // period) * period
+            bounds.append((l_pos, bound // period, upper // period))
+            bound = upper
+        out.append(bounds)
+    return out
 
 
 def _read_groups(field, state, starts: np.ndarray):

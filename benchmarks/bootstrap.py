@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,20 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.offline import END_MS, KAFKA_PARTITIONS, feature_set, generate_events, write_dataset  # noqa: E402
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (the broker's and its controller's: ``port + 1`` may be taken)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from benchmarks.ports import free_ports  # noqa: E402
 
 
 def child(broker: str, data_dir: str, topic: str, app_id: str) -> None:
@@ -71,7 +57,7 @@ def main() -> int:
         return 0
     broker, own = args.broker, None
     if broker is None:
-        port, controller = _free_ports(2)
+        port, controller = free_ports(2)
         data_dir = tempfile.mkdtemp(prefix="featurestream-bench-kafka-")
         own = ["--port", str(port), "--controller-port", str(controller), "--data-dir", data_dir]
         subprocess.run([str(REPO / "deploy/kafka/start.sh"), *own], check=True, stdout=subprocess.DEVNULL)

@@ -32,8 +32,8 @@ beside its ceiling measured in the same run, and their ratio:
 Bars (this 2-core machine; printed PASS/MISS, never a CI gate): GET >= 5,000 req/s at 8 connections; GET p99
 <= 1 ms at 1 connection; GET p99 <= 5 ms at 1 connection during 20,000 events/s of ingest; ingest >= 100,000
 events/s per worker; freshness p99 <= 100 ms. ``--profile DIR`` records the worker with py-spy during the
-first ingest, the 8-connection reads and the first reads during ingest (per thread: the event loop's, and the
-web server's where it has a thread of its own) and prints the top functions. The load average is printed at each
+first ingest, the 8-connection reads and the first reads during ingest (per thread: the event loop's own
+samples are what a read waits behind) and prints the top functions. The load average is printed at each
 phase: figures taken at a load above ~2 on 2 cores measure the neighbours as much as the worker.
 """
 
@@ -46,7 +46,6 @@ import os
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from httpload import BareServer, cpu_seconds, run_wrk  # noqa: E402
+from ports import free_ports  # noqa: E402
 
 SET = "transactions"
 DEFINITIONS = REPO / "examples" / "transactions" / "features.py"
@@ -76,19 +76,6 @@ FRESH_P99_BAR_S = 0.1
 POLL_S = 0.05  # /metrics polling while ingesting
 START_TIMEOUT_S = 180.0
 CONNECTIONS = (1, 8, 32)
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _load() -> str:
@@ -123,7 +110,7 @@ class Broker:
         )
         last = ""
         for _ in range(3):
-            port, controller = _free_ports(2)
+            port, controller = free_ports(2)
             data_dir = tempfile.mkdtemp(prefix="featurestream-bench-kafka-")
             self.args = ["--port", str(port), "--controller-port", str(controller), "--data-dir", data_dir]
             started = subprocess.run(
@@ -174,7 +161,7 @@ class Worker:
         app_id: str | None = None,
     ):
         definitions = definitions or DEFINITIONS
-        self.port = _free_ports(1)[0]
+        self.port = free_ports(1)[0]
         self.log_path = log_path
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
@@ -367,19 +354,6 @@ class Profile:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-    def busiest_thread_with(self, frame_text: str) -> str | None:
-        """The thread of a ``threads`` profile with the most samples whose stack contains ``frame_text``."""
-        counts: Counter = Counter()
-        try:
-            lines = self.path.read_text().splitlines()
-        except OSError:
-            return None
-        for line in lines:
-            stack, _, count = line.rpartition(" ")
-            if count.isdigit() and stack.startswith("thread (") and frame_text in stack:
-                counts[stack.partition(": ")[2].partition(";")[0]] += int(count)
-        return counts.most_common(1)[0][0] if counts else None
 
     def top(self, n: int = 15, thread: str | None = None) -> list[str]:
         """The functions with the most samples, inclusive (cumulative) and exclusive (self); of one thread's
@@ -781,12 +755,7 @@ def main() -> int:
             for line in spy.top():
                 print(f"  {line}")
             if name == "during":
-                web = spy.busiest_thread_with("web_protocol") or "MainThread"
-                if web != "MainThread":
-                    print(f"  the web server's thread only ({web}: where reads run, each waiting for the interpreter lock):")
-                    for line in spy.top(thread=web):
-                        print(f"  {line}")
-                print("  the event loop's thread only (MainThread: ingest, and reads unless served from a thread of their own):")
+                print("  the event loop's thread only (what a read waits behind):")
                 for line in spy.top(thread="MainThread"):
                     print(f"  {line}")
     print("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in loads.items()))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,19 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (the broker's and its controller's: ``port + 1`` may be taken)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from benchmarks.ports import free_ports  # noqa: E402
 
 
 def _load() -> str:
@@ -137,7 +124,7 @@ def main() -> int:
         return 0
     broker, own = args.broker, None
     if broker is None:
-        port, controller = _free_ports(2)
+        port, controller = free_ports(2)
         data_dir = tempfile.mkdtemp(prefix="featurestream-bench-kafka-")
         own = ["--port", str(port), "--controller-port", str(controller), "--data-dir", data_dir]
         subprocess.run([str(REPO / "deploy/kafka/start.sh"), *own], check=True, stdout=subprocess.DEVNULL)

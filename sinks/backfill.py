@@ -164,12 +164,14 @@ def backfill(
                 seen = len(records)
                 if seen:
                     position[p] = records[-1].offset + 1
+                    offsets = None
                     if len(known[p]):
                         offsets = np.array([r.offset for r in records], dtype=np.int64)
                         at = np.minimum(np.searchsorted(known[p], offsets), len(known[p]) - 1)
-                        new = (known[p][at] != offsets).tolist()
-                        records = [r for r, keep in zip(records, new, strict=True) if keep]
-                    buffers.setdefault(p, _Buffer()).add(records)
+                        new = known[p][at] != offsets
+                        records = [r for r, keep in zip(records, new.tolist(), strict=True) if keep]
+                        offsets = offsets[new]
+                    buffers.setdefault(p, _Buffer()).add(records, offsets)
                     pending += len(records)
                     stats.consumed += seen
                     stats.skipped += seen - len(records)

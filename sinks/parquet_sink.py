@@ -85,10 +85,11 @@ class _Buffer:
     arrivals: list = field(default_factory=list)
     read: int = 0  # records read into this buffer, new or already in the dataset
 
-    def add(self, records) -> None:
-        """Append records (anything with ``value``, ``offset`` and ``timestamp``), a column at a time."""
+    def add(self, records, offsets: np.ndarray | None = None) -> None:
+        """Append records (anything with ``value``, ``offset`` and ``timestamp``), a column at a time;
+        ``offsets``: their offsets when the caller already holds them as an array."""
         self.payloads += [r.value for r in records]
-        self.offsets += [r.offset for r in records]
+        self.offsets += [r.offset for r in records] if offsets is None else offsets.tolist()
         self.arrivals += [r.timestamp for r in records]
 
 
@@ -323,7 +324,8 @@ class ParquetSink:
         buffer.read += len(records)
         if not new.all():
             records = [r for r, keep in zip(records, new.tolist(), strict=True) if keep]
-        buffer.add(records)
+            offsets = offsets[new]
+        buffer.add(records, offsets)
         self._pending += len(records)
 
     def _seek_dropped(self, consumer, polled) -> None:

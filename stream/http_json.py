@@ -28,7 +28,7 @@ def dumps(value: Any) -> bytes:
     """``value`` as compact UTF-8 JSON; NaN and ±Infinity become null."""
     try:
         return orjson.dumps(value)
-    except (orjson.JSONEncodeError, TypeError):
+    except TypeError:  # orjson.JSONEncodeError is one
         pass
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)

@@ -38,14 +38,11 @@ class ReadBatcher:
         self, blob: bytes | None, features: Sequence[str] | None, request: pd.DataFrame | None = None
     ) -> tuple[int, dict]:
         """``(at, values)``: the features of the entity whose state is ``blob`` at ``at`` (now, when read)."""
-        if request is not None:  # on-read inputs: a read of its own
+        loop = asyncio.get_running_loop()
+        alone = not self._scheduled and not getattr(loop, "_ready", True)  # nothing else to run this turn
+        if request is not None or alone:  # on-read inputs (a read of its own), or no one to share a call with
             at = self.now_ms()
             (values,) = self.reader.read([blob], at, features, request)
-            return at, values
-        loop = asyncio.get_running_loop()
-        if not self._scheduled and not getattr(loop, "_ready", True):  # nothing else to run this turn
-            at = self.now_ms()
-            (values,) = self.reader.read([blob], at, features)
             return at, values
         future = loop.create_future()
         key = None if features is None else tuple(features)
