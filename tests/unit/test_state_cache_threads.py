@@ -25,7 +25,10 @@ PARTITIONS = (0, 1)
 
 class _Data:
     def __init__(self, path):
-        self.dbs = {p: rocksdict.Rdict(str(path / f"p{p}"), options=rocksdict.Options(raw_mode=True)) for p in PARTITIONS}
+        self.dbs = {
+            p: rocksdict.Rdict(str(path / f"p{p}"), options=rocksdict.Options(raw_mode=True))
+            for p in PARTITIONS
+        }
 
     def _db_for_partition(self, partition):
         return self.dbs[partition]
@@ -77,7 +80,9 @@ def test_readers_on_other_threads_never_see_a_state_older_than_rocksdb_held(tmp_
             for key, low, blob in zip(keys, floor, got, strict=True):
                 seen = 0 if blob is None else int(blob)
                 if seen < low:
-                    failures.append(f"partition {partition} key {key!r}: read version {seen}, RocksDB held {low}")
+                    failures.append(
+                        f"partition {partition} key {key!r}: read version {seen}, RocksDB held {low}"
+                    )
 
     previous = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)  # switch threads as often as possible: interleavings, not luck
