@@ -104,6 +104,9 @@ def create_app(
         web_host=web_host,
         web_bind=web_bind or web_host,
         canonical_url=canonical_url or f"http://{web_host}:{int(web_port)}",
+        # HTTP on a thread and event loop of its own: a read waits at most for the interpreter lock, never
+        # behind the ingest loop's callbacks (fetch parsing, changelog batches, store writes).
+        web_in_thread=True,
         web_tables_enabled=False,  # would expose raw state blobs
         web_stats_enabled=False,
         web_graph_enabled=False,

@@ -24,9 +24,13 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 _max_bytes = DEFAULT_MAX_BYTES  # of caches made from now on (the worker's ``--state-cache-mb``)
 #: Keys per RocksDB multi-get: rocksdict keeps the interpreter lock for a whole call (tens of ms for thousands
 #: of keys), so a batch loading off the event loop would hold reads up that long.
-GET_CHUNK = 256
+GET_CHUNK = 64
 _ENTRY_OVERHEAD = 120  # bytes of a dict slot, a key and a bytes object beyond their payloads
 _ATTR = "_featurestream_state_cache"
+
+
+class PartitionNotOpen(LookupError):
+    """A read off the event loop found the partition's database not open (being opened or just dropped)."""
 
 
 class StateCache:
@@ -60,8 +64,18 @@ class StateCache:
             setattr(table, _ATTR, cache)
         return cache
 
-    def _db(self, partition: int):
-        return self.table.data._db_for_partition(partition)
+    def _db(self, partition: int, open_db: bool = True):
+        """The partition's RocksDB database. ``open_db=False`` (a read on another thread than the event loop's):
+        only one already open, else ``PartitionNotOpen``; Faust opens and drops them on its loop (a rebalance),
+        and an open from another thread would race it for the database's lock."""
+        data = self.table.data
+        if open_db:
+            return data._db_for_partition(partition)
+        dbs = getattr(data, "_dbs", None)
+        db = dbs.get(partition) if dbs is not None else data._db_for_partition(partition)
+        if db is None:
+            raise PartitionNotOpen(partition)
+        return db
 
     def _entries(self, partition: int) -> dict[bytes, bytes]:
         """The partition's entries, after dropping everything if the consumer generation changed."""
@@ -98,13 +112,13 @@ class StateCache:
                 self._trim()
         return found
 
-    def get(self, partition: int, key: bytes) -> bytes | None:
-        """One blob, as ``get_many``."""
+    def get(self, partition: int, key: bytes, open_db: bool = True) -> bytes | None:
+        """One blob, as ``get_many``; ``open_db``: as ``_db``."""
         with self._lock:
             blob = self._entries(partition).get(key)
             changes = self._changes
         if blob is None:
-            blob = self._db(partition).get(key)
+            blob = self._db(partition, open_db).get(key)
             if blob is not None:
                 with self._lock:
                     entries = self._entries(partition)

@@ -4,7 +4,8 @@
   t = now (ms), per the window contract; an entity without state reads as empty windows. Each set
   has its own route; a key whose partition is active here is read from that partition's store
   (``LocalState``), any other is forwarded to the worker that owns the partition in the group's assignment
-  (503 with the reason while no owner is known); a catch-all route answers 404 for unknown sets. Query
+  (503 with the reason while no owner is known, or while the partition is assigned here but not recovered
+  yet); a catch-all route answers 404 for unknown sets. Query
   parameters named like on-read inputs (e.g. ``amount``) feed on-read features. Reads that arrive together
   are computed together (``read_batch``).
 * ``POST /vectors/{vector}`` with ``{"entities": [{...}, ...]}`` (at most 1000) -> one result per
@@ -13,6 +14,10 @@
 * ``GET /health`` -> 200 once table recovery has finished, else 503 (also while the broker is unreachable).
 * ``GET /metrics`` -> Prometheus text exposition.
 * ``GET /sample/{name}`` -> the last rows served for a vector or set (``served_sample``; drift monitoring).
+
+The views run on Faust's web server thread (``web_in_thread``), beside the ingest loop: they read state through
+the table's ``StateCache`` (thread-safe) and never open a partition's database, which Faust opens and drops on
+its own loop during a rebalance.
 
 Bearer-token access control and request limits: ``stream.auth`` (a middleware; forwarded calls carry the token).
 
@@ -49,7 +54,7 @@ from .reading import (
     vector_entity_keys,
 )
 from .served_sample import ServedSample, register_sample_view
-from .state_cache import StateCache
+from .state_cache import PartitionNotOpen, StateCache
 from .strict_view import StrictJSONView as View
 
 
@@ -78,6 +83,7 @@ def is_ready(app) -> bool:
 def register_views(app, ctx: ServingContext) -> None:
     """Add the featurestream routes to a Faust app (per-set routes before the catch-all)."""
     install_http_metrics(app, ctx.metrics)
+    _close_http_session(app)
     register_sample_view(app, ctx.registry, ctx.extra.setdefault("served_sample", ServedSample()), ctx.worker_id)
     for name in ctx.registry.feature_sets:
         _register_feature_set_view(app, ctx, name)
@@ -154,7 +160,10 @@ class LocalState:
             tp = self._tps[partition] = TP(self.topic, partition)
         if not self.app.assignor.is_active(tp):
             return False, None
-        return True, self.cache.get(partition, key)
+        try:  # on the web server's thread: never open a database (Faust does, on its loop)
+            return True, self.cache.get(partition, key, open_db=False)
+        except PartitionNotOpen:  # active, but its database is being opened or dropped: a rebalance
+            return False, None
 
     def owner(self, key: bytes) -> URL | None:
         """The URL of the worker that owns the key's partition (None while the assignment does not say)."""
@@ -174,10 +183,34 @@ async def _forward(app, view: View, request, owner: URL):
     url = request.url.with_host(owner.host).with_port(owner.port)
     headers = {**request.headers, FORWARDED_HEADER: "1"}
     try:
-        async with app.http_client.request(method=request.method, headers=headers, url=url) as response:
+        async with http_session(app).request(method=request.method, headers=headers, url=url) as response:
             return view.text(await response.text(), content_type=response.content_type, status=response.status)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return view.json({"error": f"the owner of this key ({owner}) did not answer: {exc!r}; retry"}, status=503)
+
+
+_SESSION_ATTR = "_featurestream_http_session"
+
+
+def http_session(app) -> aiohttp.ClientSession:
+    """The HTTP client of the views, made on first use in the loop that serves them (the web thread's;
+    Faust's ``app.http_client`` belongs to the main loop) and closed when the web server stops."""
+    session = getattr(app, _SESSION_ATTR, None)
+    if session is None or session.closed:
+        session = aiohttp.ClientSession()
+        setattr(app, _SESSION_ATTR, session)
+    return session
+
+
+def _close_http_session(app) -> None:
+    """Close the views' HTTP client when the web server stops (aiohttp's cleanup, in the serving loop)."""
+
+    async def close(_web_app) -> None:
+        session = getattr(app, _SESSION_ATTR, None)
+        if session is not None:
+            await session.close()
+
+    app.web.web_app.on_cleanup.append(close)
 
 
 def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:
@@ -204,11 +237,11 @@ def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:
                 owner = local.owner(key)
                 if owner is None:
                     return self.json({"error": NO_OWNER}, status=503)
-                if not local.is_me(owner):
-                    if request.headers.get(FORWARDED_HEADER):
-                        return self.json({"error": f"{NOT_HERE} (forwarded here, owner {owner})"}, status=503)
-                    return await _forward(app, self, request, owner)
-                blob = table.get(key)  # assigned here, not active yet
+                if local.is_me(owner):  # assigned here, not active (recovering) yet
+                    return self.json({"error": NOT_HERE}, status=503)
+                if request.headers.get(FORWARDED_HEADER):
+                    return self.json({"error": f"{NOT_HERE} (forwarded here, owner {owner})"}, status=503)
+                return await _forward(app, self, request, owner)
             at, values = await batcher.read(blob, features, req)
             sample.record("feature_set", set_name, [values])
             return self.json({"entity": entity, "at": at, "features": values})
@@ -243,7 +276,6 @@ async def _vector_response(app, ctx: ServingContext, view: View, request, vector
     results: list[dict] = [{"entity": e, "features": {}} for e in entities]
     for set_name, features in resolved.items():
         fs = ctx.registry.feature_sets[set_name]
-        table = ctx.tables[set_name]
         keys = vector_entity_keys(fs, entities)
         state = ctx.extra["local_state"][set_name]
         owners: list[URL | None] = []  # None: read here
@@ -256,9 +288,7 @@ async def _vector_response(app, ctx: ServingContext, view: View, request, vector
                 owner = state.owner(key)
                 if owner is None:
                     raise _Unavailable(f"{fs.name}/{k}: {NO_OWNER}")
-                if state.is_me(owner):  # assigned here, not active yet
-                    owner, blob = None, table.get(key)
-                elif request.headers.get(FORWARDED_HEADER):
+                if state.is_me(owner) or request.headers.get(FORWARDED_HEADER):  # here but recovering: retry
                     raise _Unavailable(f"{fs.name}/{k}: {NOT_HERE}")
             owners.append(owner)
             blobs.append(blob)
@@ -286,7 +316,7 @@ async def _remote_features(app, owner: URL, fs, key: str, features: list[str], e
     )
     headers = {**auth.outgoing_headers(app), FORWARDED_HEADER: "1"}
     try:
-        async with app.http_client.get(url, headers=headers) as response:
+        async with http_session(app).get(url, headers=headers) as response:
             if response.status != 200:
                 raise _Unavailable(f"owner {owner} of {fs.name}/{key} answered HTTP {response.status}")
             body = await response.json()

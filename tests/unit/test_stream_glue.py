@@ -183,6 +183,39 @@ def test_the_table_store_writes_blobs_and_changelog_offset_in_one_rocksdb_batch(
         db.close()
 
 
+def test_the_table_store_writes_in_chunks_with_the_offset_in_the_last(tmp_path, monkeypatch):
+    """A store write is several RocksDB batches (so the web server's thread gets the interpreter lock in
+    between); only the last holds the changelog offset, so a crash between two leaves the persisted offset
+    where recovery must resume, and every chunk is in the cache once written."""
+    from stream import ports
+
+    monkeypatch.setattr(ports, "STORE_CHUNK", 2)
+    data = FakeTableData(tmp_path)
+    real = data._db_for_partition(0)
+    writes = []
+
+    class Recording:
+        def write(self, batch):
+            writes.append((len(batch), real.get(data.offset_key)))
+            real.write(batch)
+
+        def get(self, keys):
+            return real.get(keys)
+
+    data.dbs[0] = Recording()
+    store = TableStore(SimpleNamespace(data=data))
+    items = [(b"k%d" % i, b"v%d" % i) for i in range(5)]
+    store.write(0, items, changelog_offset=9)
+    assert writes == [(2, None), (2, None), (2, None)]  # 2 + 2 + (1 and the offset); the offset only at the end
+    assert real[data.offset_key] == b"9"
+    assert store.load(0, [k for k, _ in items]) == [v for _, v in items]
+    store.write(0, items[:2], changelog_offset=10)  # a chunk exactly full: the offset is still in the last one
+    assert writes[3:] == [(3, b"9")]
+    store.write(0, [], changelog_offset=11)  # nothing but the offset
+    assert writes[4:] == [(1, b"10")] and real[data.offset_key] == b"11"
+    real.close()
+
+
 def test_release_untracks_and_forgets_read_offsets_and_ack_goes_to_faust():
     acked = []
     consumer = fake_consumer()

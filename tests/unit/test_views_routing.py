@@ -72,6 +72,24 @@ async def _scenario(tmp_path) -> None:
         app.assignor.changelog_distribution = {"http://127.0.0.1:1": {changelog: list(range(6))}}
         response = await client.get("/features/transactions/u1")
         assert response.status == 503 and "did not answer" in (await response.json())["error"]
+
+        # Assigned here but not active (recovering), or active with its database not open yet (Faust opens it on
+        # its loop): 503 "retry", and the view never opens a database itself (it runs on the web thread).
+        app.assignor.changelog_distribution = {str(app.conf.canonical_url): {changelog: list(range(6))}}
+        store = app.featurestream.tables["transactions"].data
+        for active in (False, True):
+            app.assignor.is_active = lambda tp, active=active: active
+            for call in (client.get("/features/transactions/u1"),
+                         client.post("/vectors/fraud", json={"entities": [{"user_id": "u1"}]})):  # fmt: skip
+                response = await call
+                assert response.status == 503 and "not served here" in (await response.json())["error"]
+            assert store._dbs == {}
+        for partition in range(6):  # opened by the worker: read here (no state yet: empty windows)
+            store._db_for_partition(partition)
+        response = await client.get("/features/transactions/u1?features=amount_count_1h")
+        assert response.status == 200 and (await response.json())["features"] == {"amount_count_1h": 0}
+        for db in store._dbs.values():
+            db.close()
     await app.http_client.close()
 
 
