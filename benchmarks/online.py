@@ -32,8 +32,9 @@ beside its ceiling measured in the same run, and their ratio:
 Bars (this 2-core machine; printed PASS/MISS, never a CI gate): GET >= 5,000 req/s at 8 connections; GET p99
 <= 1 ms at 1 connection; GET p99 <= 5 ms at 1 connection during 20,000 events/s of ingest; ingest >= 100,000
 events/s per worker; freshness p99 <= 100 ms. ``--profile DIR`` records the worker with py-spy during the
-first ingest, the 8-connection reads and the first reads during ingest (per thread: the event loop's own
-samples are what a read waits behind) and prints the top functions. The load average is printed at each
+first ingest, the 8-connection reads and the first reads during ingest (per thread: the web server's thread,
+where reads run, and the ingest event loop's, whose work holds the interpreter lock a read waits for) and
+prints the top functions. The load average is printed at each
 phase: figures taken at a load above ~2 on 2 cores measure the neighbours as much as the worker.
 """
 
@@ -354,6 +355,19 @@ class Profile:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+    def busiest_thread_with(self, frame_text: str) -> str | None:
+        """The thread of a ``threads`` profile with the most samples whose stack contains ``frame_text``."""
+        counts: Counter = Counter()
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            stack, _, count = line.rpartition(" ")
+            if count.isdigit() and stack.startswith("thread (") and frame_text in stack:
+                counts[stack.partition(": ")[2].partition(";")[0]] += int(count)
+        return counts.most_common(1)[0][0] if counts else None
 
     def top(self, n: int = 15, thread: str | None = None) -> list[str]:
         """The functions with the most samples, inclusive (cumulative) and exclusive (self); of one thread's
@@ -755,7 +769,11 @@ def main() -> int:
             for line in spy.top():
                 print(f"  {line}")
             if name == "during":
-                print("  the event loop's thread only (what a read waits behind):")
+                web = spy.busiest_thread_with("web_protocol")
+                print(f"  the web server's thread only ({web}: where reads run, each waiting for the interpreter lock):")
+                for line in spy.top(thread=web):
+                    print(f"  {line}")
+                print("  the ingest event loop's thread only (MainThread):")
                 for line in spy.top(thread="MainThread"):
                     print(f"  {line}")
     print("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in loads.items()))

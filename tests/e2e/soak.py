@@ -5,10 +5,14 @@ after the other, each by SIGTERM or by kill -9 at a random point, while a produc
 a share of them not keyed by their entity (another entity's key or no key, so they land in a partition
 their entity does not live in and take the ``.by-entity`` path). After each cycle, every entity's online
 features are compared with the brute-force oracle over the whole stream so far: the table counts events,
-lost, duplicated and mismatched per cycle. Exit status 1 if any cycle lost or double-counted an event.
+lost, duplicated and mismatched per cycle. Exit status 1 if any cycle lost or double-counted an event, or if
+the changelog audit finds a state record moving an entity backwards or computed from an older state.
+``--read-rate`` adds GETs of the long-lived worker throughout (its HTTP thread reading while it takes over
+partitions); ``--users 2000 --rate 3000`` makes batches large enough to be stored in several write batches.
 
     .venv/bin/python -m tests.e2e.soak --cycles 20            # a dedicated broker of its own
     .venv/bin/python -m tests.e2e.soak --cycles 3 --broker 127.0.0.1:9092
+    .venv/bin/python -m tests.e2e.soak --cycles 10 --users 2000 --rate 3000 --read-rate 20
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .harness import (
     compare_online,
     create_topic,
     event,
+    http_json,
     now_ms,
     unique_names,
 )
@@ -88,6 +93,26 @@ class SteadyFeeder(threading.Thread):
             raise self.error
 
 
+class Reader(threading.Thread):
+    """GETs random users' features from the long-lived worker at ``rate``/s while the cycles run, so that
+    reads (on the worker's HTTP thread) overlap take-overs, recoveries and batches. Answers are not checked
+    (a 503 during a rebalance is expected); what they must not do is change what ingest computes."""
+
+    def __init__(self, worker: Worker, users: list[str], rate: float, rng: random.Random):
+        super().__init__(daemon=True, name="soak-reader")
+        self.worker, self.users, self.rate, self.rng = worker, users, rate, rng
+        self.stopped = threading.Event()
+        self.statuses: dict[int, int] = {}
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0 / self.rate):
+            try:
+                status, _ = http_json("GET", f"{self.worker.url}/features/transactions/{self.rng.choice(self.users)}", timeout=5)
+            except OSError:
+                status = 0
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+
+
 @dataclass
 class Row:
     cycle: int
@@ -124,11 +149,14 @@ def run(args: argparse.Namespace) -> int:
     producer = Producer(bootstrap, topic)
     feeder = SteadyFeeder(producer, users, args.rate, args.misplaced, rng)
     a = Worker(bootstrap, work / "a", prefix, app_id, work, "a")
+    reader = Reader(a, users, args.read_rate, random.Random(rng.random())) if args.read_rate > 0 else None
     rows: list[Row] = []
     print(f"soak: broker {bootstrap}, topic {topic}, logs in {work}", flush=True)
     try:
         a.start()
         feeder.start()
+        if reader is not None:
+            reader.start()
         for cycle in range(1, args.cycles + 1):
             started = time.monotonic()
             feeder.running.set()
@@ -161,10 +189,15 @@ def run(args: argparse.Namespace) -> int:
                 if args.stop_on_failure:
                     break
         feeder.stopped.set()
+        if reader is not None:
+            reader.stopped.set()
+            print(f"reads during the cycles, by HTTP status: {dict(sorted(reader.statuses.items()))}", flush=True)
         a.stop()
         audits = audit_changelogs(bootstrap, app_id)
     finally:
         feeder.stopped.set()
+        if reader is not None:
+            reader.stopped.set()
         feeder.running.clear()
         producer.close()
         a.stop()
@@ -207,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-share", type=float, default=0.3, help="share of stops that are kill -9")
     p.add_argument("--dwell", type=float, default=8.0, help="upper bound of the random waits, seconds")
     p.add_argument("--users", type=int, default=200)
+    p.add_argument("--read-rate", type=float, default=0.0, help="GETs per second of the long-lived worker meanwhile")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop-on-failure", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the dedicated broker's data")

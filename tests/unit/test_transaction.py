@@ -121,6 +121,7 @@ class FakeStore:
         self.data: dict[int, dict[bytes, bytes]] = {}
         self.persisted: dict[int, int] = {}
         self.crash_on_write = False
+        self.crash_partway = False  # a crash between two RocksDB write batches of one store write
 
     def load(self, partition, keys):
         db = self.data.get(partition, {})
@@ -129,6 +130,9 @@ class FakeStore:
     def write(self, partition, items, changelog_offset):
         if self.crash_on_write:
             raise Crash("store write")
+        if self.crash_partway:  # ``TableStore`` writes in batches, the persisted offset (and checkpoint) last
+            self.data.setdefault(partition, {}).update(items[: len(items) // 2])
+            raise Crash("between two store write batches")
         self.data.setdefault(partition, {}).update(items)
         self.persisted[partition] = changelog_offset
 
@@ -405,7 +409,7 @@ class SimWorker:
         """kill -9 and start again: uncommitted acks are gone; the store recovers from the changelog."""
         self.rig.source = FakeSource()
         self.rig.fence = FakeFence()
-        self.rig.store.crash_on_write = False
+        self.rig.store.crash_on_write = self.rig.store.crash_partway = False
         self.rig.store.recover(self.rig.changelog)
 
 
@@ -477,6 +481,8 @@ def simulate(events: list[tuple[int, dict | bytes]], faults: list[tuple[int, str
             ports["crash_at_send"] = 2
         if fault == "store:crash":
             w.rig.store.crash_on_write = True
+        if fault == "store:crash-partway":
+            w.rig.store.crash_partway = True
         if fault == "side-ack:crash":
             ports["side_crash"] = "ack"
         executor = FOLD_THREAD
@@ -499,7 +505,8 @@ def simulate(events: list[tuple[int, dict | bytes]], faults: list[tuple[int, str
 
 FAULTS = st.sampled_from(
     ["started:rebalance", "processed:crash", "processed:rebalance", "prepared:crash", "prepared:rebalance",
-     "prepared:expel", "stored:crash", "complete:crash", "send:crash", "store:crash", "side-ack:crash",
+     "prepared:expel", "stored:crash", "complete:crash", "send:crash", "store:crash", "store:crash-partway",
+     "side-ack:crash",
      "fetch:skip-ahead", "folding:rebalance", "folding:expel"]
 )  # fmt: skip
 
