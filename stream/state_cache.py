@@ -23,7 +23,7 @@ from itertools import islice
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 _max_bytes = DEFAULT_MAX_BYTES  # of caches made from now on (the worker's ``--state-cache-mb``)
 #: Keys per RocksDB multi-get: rocksdict keeps the interpreter lock for a whole call (tens of ms for thousands
-#: of keys), so a batch loading off the event loop would hold reads up that long.
+#: of keys), and reads on the web server's thread wait for it.
 GET_CHUNK = 64
 _ENTRY_OVERHEAD = 120  # bytes of a dict slot, a key and a bytes object beyond their payloads
 _ATTR = "_featurestream_state_cache"
@@ -34,8 +34,8 @@ class PartitionNotOpen(LookupError):
 
 
 class StateCache:
-    """Blobs per (partition, key) of one table's stores; see the module docstring. Thread-safe: a batch may
-    load through it off the event loop while a view reads through it on the loop."""
+    """Blobs per (partition, key) of one table's stores; see the module docstring. Thread-safe: the views read
+    through it on the web server's thread while batches load and store through it on the event loop."""
 
     def __init__(self, table, max_bytes: int | None = None):
         self.table = table
