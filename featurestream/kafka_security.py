@@ -106,6 +106,21 @@ class KafkaSecurity:
                     out[f"ssl_{kind}"] = value
         return out
 
+    def aiokafka_config(self) -> dict:
+        """aiokafka keyword arguments (AIOKafkaConsumer, AIOKafkaProducer); {} for PLAINTEXT."""
+        if self.protocol == "PLAINTEXT":
+            return {}
+        out: dict = {"security_protocol": self.protocol}
+        if self.uses_sasl:
+            out.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.uses_ssl:
+            out["ssl_context"] = self.ssl_context()
+        return out
+
     def ssl_context(self):
         """An ``ssl.SSLContext`` verifying the brokers (system CAs, or ``ssl_cafile``), with the client cert."""
         import ssl

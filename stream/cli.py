@@ -1,4 +1,5 @@
-"""``featurestream worker`` (run the online worker) and ``featurestream get`` (read one entity over HTTP)."""
+"""``featurestream worker`` (run the online worker), ``featurestream replica`` (serve its reads from a process of
+its own) and ``featurestream get`` (read one entity over HTTP)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _env(name: str, default: str) -> str:
 
 
 def add_commands(subparsers, shared) -> None:
-    """Register the ``worker`` and ``get`` subcommands; ``shared(parser, *names)`` adds the CLI's shared options."""
+    """Register the ``worker``, ``replica`` and ``get`` subcommands; ``shared(parser, *names)`` adds the CLI's shared options."""
     w = subparsers.add_parser(
         "worker",
         help="run the online worker (Faust): consume, aggregate, serve features over HTTP",
@@ -109,6 +110,29 @@ def add_commands(subparsers, shared) -> None:
     )
     w.set_defaults(func=run_worker)
 
+    r = subparsers.add_parser(
+        "replica",
+        help="serve the workers' read API from a process of its own, following the state changelogs",
+        description="Follow every feature set's changelog topic (written by the workers of --app-id), keep each "
+        "entity's newest state in memory and serve GET /features/{set}/{entity}, POST /vectors/{vector}, /health "
+        "and /metrics for every entity, in a process of its own: reads never wait for a worker's ingest.",
+        epilog="example: featurestream replica --broker 127.0.0.1:9092 --web-port 6067",
+    )
+    shared(r, "definitions", "broker", "app_id", "auth", "kafka")
+    r.add_argument(
+        "--web-port",
+        type=int,
+        default=int(_env("REPLICA_PORT", "6067")),
+        help="HTTP port (env FEATURESTREAM_REPLICA_PORT; default 6067)",
+    )
+    r.add_argument(
+        "--web-bind",
+        default=_env("REPLICA_BIND", "127.0.0.1"),
+        help="interface to bind (env FEATURESTREAM_REPLICA_BIND; default 127.0.0.1)",
+    )
+    r.add_argument("--loglevel", default=_env("LOGLEVEL", "WARNING"), help="log level (default WARNING)")
+    r.set_defaults(func=run_replica)
+
     g = subparsers.add_parser(
         "get",
         help="read one entity's features from a running worker",
@@ -175,6 +199,28 @@ def run_worker(args: argparse.Namespace) -> int:
         worker.execute_from_commandline()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def run_replica(args: argparse.Namespace) -> int:
+    """Follow the changelogs and serve reads until SIGTERM/SIGINT."""
+    import asyncio
+    import logging
+
+    from aggregations.loading import load_registry
+
+    from .replica import serve
+    from .topics import bootstrap_servers
+
+    check_web_port(args.web_bind, args.web_port)
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    kafka = getattr(args, "kafka", None)
+    registry = load_registry(args.definitions)
+    tune_gc()
+    token = resolve_token(getattr(args, "auth_token_file", None))
+    client_config = kafka.aiokafka_config() if kafka else None
+    brokers = bootstrap_servers(args.broker)
+    asyncio.run(serve(registry, brokers, args.app_id, args.web_bind, args.web_port, token=token, client_config=client_config))
     return 0
 
 

@@ -20,6 +20,7 @@ SHARED_FLAGS = {o.flag: name for name, s in options.SHARED.items() for o in s.op
 # What each command reads of the shared options (and nothing more).
 EXPECTED = {
     "worker": {"definitions", "broker", "app_id", "topic_prefix", "auth", "kafka"},
+    "replica": {"definitions", "broker", "app_id", "auth", "kafka"},
     "get": {"url", "auth"},
     "sink": {"definitions", "broker", "data_dir", "app_id", "topic_prefix", "kafka"},
     "training-set": {"definitions", "data_dir"},

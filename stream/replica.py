@@ -1,0 +1,316 @@
+"""``featurestream replica``: the worker's read API, served by a process of its own from the changelogs.
+
+A worker answers reads on a thread beside its ingest, and the two share one interpreter lock: while it
+folds batches a read waits for the lock (a p99 of about 6 ms during 20,000 events/s of ingest, against
+0.3 ms idle). A replica is a separate process that follows every feature set's changelog topic (all
+partitions, no consumer group, nothing committed), keeps each entity's newest state blob in memory
+(``ChangelogMirror``: forward only, as table recovery applies the changelog) and answers with the same
+``FeatureReader`` as the worker:
+
+* ``GET /features/{set}/{entity}`` and ``POST /vectors/{vector}``: the worker's answers, for every entity (a
+  replica holds every partition, so nothing is forwarded). 503 until every changelog partition has been
+  applied up to its end offset as of the replica's start.
+* ``GET /health``: 200 once caught up, with the records still to apply; ``GET /metrics``: Prometheus text.
+
+An answer trails the owning worker's by the changelog's delivery: the worker produces a batch's state records
+before it stores them, and the replica fetches them at most ``FETCH_WAIT_MS`` after they land. A replica
+holds the sets' whole state in memory (the changelog topics' compacted size). Same bearer token and limits
+as a worker (``stream.auth``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from aggregations.codec import EntityStateCodec
+from aggregations.definitions import Registry
+from aggregations.naming import changelog_topic
+
+from . import auth, http_json
+from .changelog_mirror import ChangelogMirror
+from .read_batch import ReadBatcher
+from .reading import (
+    BadRequest,
+    FeatureReader,
+    check_request_inputs,
+    output_names,
+    parse_feature_list,
+    parse_vector_request,
+    request_columns,
+    vector_entity_keys,
+)
+
+log = logging.getLogger(__name__)
+
+#: Longest wait of a changelog fetch for new records: bounds how far an idle replica trails the changelog.
+FETCH_WAIT_MS = 5
+#: Records applied between two turns of the event loop (a read waits at most this many applications).
+APPLY_CHUNK = 200
+PROGRESS_EVERY_S = 5.0
+CATCHING_UP = "this replica is still catching up with the changelog; retry (GET /health says how far behind it is)"
+
+
+@dataclass
+class ReplicaSet:
+    """One feature set as the replica serves it: its changelog topic, its mirror, its reader."""
+
+    topic: str
+    mirror: ChangelogMirror
+    reader: FeatureReader
+    batcher: ReadBatcher
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def replica_sets(registry: Registry, app_id: str) -> dict[str, ReplicaSet]:
+    """Each set of ``registry`` with its changelog topic (the workers' of ``app_id``), an empty mirror and a reader."""
+    out = {}
+    for name, fs in registry.feature_sets.items():
+        reader = FeatureReader(fs)
+        out[name] = ReplicaSet(
+            changelog_topic(fs, app_id), ChangelogMirror(EntityStateCodec(fs)), reader, ReadBatcher(reader, now_ms)
+        )
+    return out
+
+
+class ChangelogFollower:
+    """Applies every partition of the sets' changelog topics to their mirrors, from the beginning, for ever."""
+
+    def __init__(self, sets: Mapping[str, ReplicaSet], broker: list[str], client_config: Mapping | None = None):
+        self.sets = sets
+        self.broker = broker
+        self.client_config = dict(client_config or {})
+        self.ready = asyncio.Event()
+        self.targets: dict[str, dict[int, int]] = {}  # topic -> partition -> end offset when the replica started
+        self.applied = 0
+        self.started = time.monotonic()
+        self._consumer = None
+
+    def behind(self) -> int:
+        """Records known to be in the changelogs but not applied yet (the fetched high watermarks)."""
+        consumer = self._consumer
+        if consumer is None or not self.targets:
+            return -1
+        total = 0
+        for s in self.sets.values():
+            ends = {}
+            for partition, target in self.targets.get(s.topic, {}).items():
+                tp = _tp(s.topic, partition)
+                ends[partition] = max(target, consumer.highwater(tp) or 0)
+            total += s.mirror.behind(ends)
+        return total
+
+    async def run(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        self._consumer = consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.broker,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+            client_id="featurestream-replica",
+            **self.client_config,
+        )
+        await consumer.start()
+        try:
+            await self._assign(consumer)
+            await self._follow(consumer)
+        finally:
+            await consumer.stop()
+
+    async def _assign(self, consumer) -> None:
+        """Wait until every changelog topic exists (a worker creates them), then take all their partitions."""
+        topics = {s.topic for s in self.sets.values()}
+        warned = False
+        while True:
+            cluster = await consumer._client.fetch_all_metadata()  # consumer.topics() drops the partitions
+            missing = sorted(topics - cluster.topics())
+            if not missing:
+                break
+            if not warned:
+                log.warning("waiting for changelog topic(s) %s: is a worker running with the same --app-id and "
+                            "definitions?", ", ".join(missing))  # fmt: skip
+                warned = True
+            await asyncio.sleep(2.0)
+        tps = [_tp(t, p) for t in sorted(topics) for p in sorted(cluster.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        by_topic = {s.topic: s for s in self.sets.values()}
+        for tp in tps:
+            by_topic[tp.topic].mirror.start(tp.partition, begins[tp])
+            self.targets.setdefault(tp.topic, {})[tp.partition] = ends[tp]
+        await consumer.seek_to_beginning(*tps)
+        total = sum(ends[tp] - begins[tp] for tp in tps)
+        log.warning("replica: applying %d changelog record(s) of %d partition(s)", total, len(tps))
+
+    def _caught_up(self) -> bool:
+        return all(
+            s.mirror.positions.get(p, 0) >= end for s in self.sets.values() for p, end in self.targets[s.topic].items()
+        )
+
+    async def _follow(self, consumer) -> None:
+        by_topic = {s.topic: s.mirror for s in self.sets.values()}
+        last_progress = time.monotonic()
+        if self._caught_up():
+            self._announce_ready()
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=APPLY_CHUNK)
+            for tp, messages in batch.items():
+                by_topic[tp.topic].apply(tp.partition, ((m.offset, m.key, m.value) for m in messages))
+                self.applied += len(messages)
+            if not self.ready.is_set():
+                if self._caught_up():
+                    self._announce_ready()
+                elif time.monotonic() - last_progress > PROGRESS_EVERY_S:
+                    last_progress = time.monotonic()
+                    log.warning("replica: catching up, %d record(s) applied, %d to go", self.applied, self.behind())
+            await asyncio.sleep(0)
+
+    def _announce_ready(self) -> None:
+        self.ready.set()
+        entities = sum(len(s.mirror) for s in self.sets.values())
+        log.warning("replica: caught up in %.1f s: %d record(s) applied, %d entities",
+                    time.monotonic() - self.started, self.applied, entities)  # fmt: skip
+
+
+def _tp(topic: str, partition: int):
+    from aiokafka import TopicPartition
+
+    return TopicPartition(topic, partition)
+
+
+def _json(value, status: int = 200) -> web.Response:
+    return web.Response(body=http_json.dumps(value), status=status, content_type="application/json")
+
+
+def build_web_app(registry: Registry, sets: Mapping[str, ReplicaSet], follower: ChangelogFollower,
+                  token: str | None = None) -> web.Application:  # fmt: skip
+    """The replica's aiohttp application: the worker's read routes, ``/health`` and ``/metrics``."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+    async def features(request: web.Request) -> web.Response:
+        set_name, entity = request.match_info["feature_set"], request.match_info["entity"]
+        s = sets.get(set_name)
+        if s is None:
+            known = ", ".join(sorted(sets)) or "none"
+            return _json({"error": f"unknown feature set {set_name!r}; known: {known}"}, 404)
+        try:
+            wanted = s.reader.check_features(parse_feature_list(request.query.get("features")))
+            req = request_columns(s.reader.feature_set, request.query)
+        except BadRequest as exc:
+            return _json({"error": str(exc)}, 400)
+        if not follower.ready.is_set():
+            return _json({"error": CATCHING_UP}, 503)
+        at, values = await s.batcher.read(s.mirror.get(entity.encode("utf-8", "surrogatepass")), wanted, req)
+        return _json({"entity": entity, "at": at, "features": values})
+
+    async def vectors(request: web.Request) -> web.Response:
+        try:
+            entities = parse_vector_request(await auth.read_body(request))
+            body = vector_answer(registry, sets, request.match_info["vector"], entities, follower.ready.is_set())
+        except BadRequest as exc:
+            return _json({"error": str(exc)}, 400)
+        except auth.RequestTooLarge as exc:
+            return _json({"error": str(exc)}, 413)
+        except LookupError as exc:
+            return _json({"error": exc.args[0]}, 404)
+        except _NotReady:
+            return _json({"error": CATCHING_UP}, 503)
+        return _json(body)
+
+    async def health(request: web.Request) -> web.Response:
+        body = {"status": "ok" if follower.ready.is_set() else "catching up", "role": "replica",
+                "behind_records": follower.behind()}  # fmt: skip
+        return _json(body, 200 if follower.ready.is_set() else 503)
+
+    metrics = CollectorRegistry()
+    behind = Gauge("featurestream_replica_behind_records", "changelog records not applied yet", registry=metrics)
+    entities = Gauge("featurestream_replica_entities", "entities held", ["feature_set"], registry=metrics)
+    state_bytes = Gauge("featurestream_replica_state_bytes", "bytes of keys and state blobs held", ["feature_set"],
+                        registry=metrics)  # fmt: skip
+    skipped = Gauge("featurestream_replica_skipped_records", "changelog records older than the state they would "
+                    "have replaced (skipped)", ["feature_set"], registry=metrics)  # fmt: skip
+    ready = Gauge("featurestream_replica_ready", "1 once caught up with the changelogs", registry=metrics)
+
+    async def prometheus(request: web.Request) -> web.Response:
+        behind.set(follower.behind())
+        ready.set(1 if follower.ready.is_set() else 0)
+        for name, s in sets.items():
+            entities.labels(name).set(len(s.mirror))
+            state_bytes.labels(name).set(s.mirror.bytes)
+            skipped.labels(name).set(s.mirror.skipped)
+        return web.Response(body=generate_latest(metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(middlewares=[auth.middleware(token)], client_max_size=auth.MAX_BODY_BYTES)
+    app.router.add_get("/features/{feature_set}/{entity}", features)
+    app.router.add_post("/vectors/{vector}", vectors)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", prometheus)
+    return app
+
+
+class _NotReady(RuntimeError):
+    pass
+
+
+def vector_answer(registry: Registry, sets: Mapping[str, ReplicaSet], vector_name: str, entities: list[dict],
+                  ready: bool) -> dict:  # fmt: skip
+    """The body of ``POST /vectors/{vector_name}`` for ``entities``, read from the mirrors."""
+    vector = registry.vectors.get(vector_name)
+    if vector is None:
+        known = ", ".join(sorted(registry.vectors)) or "none"
+        raise LookupError(f"unknown feature vector {vector_name!r}; known: {known}")
+    resolved = vector.resolve(registry.feature_sets)
+    for set_name in resolved:
+        check_request_inputs(registry.feature_sets[set_name], entities)
+    if not ready:
+        raise _NotReady()
+    names = output_names(vector, resolved)
+    at = now_ms()
+    results: list[dict] = [{"entity": e, "features": {}} for e in entities]
+    for set_name, features in resolved.items():
+        s = sets[set_name]
+        keys = vector_entity_keys(registry.feature_sets[set_name], entities)
+        blobs = [s.mirror.get(k.encode("utf-8", "surrogatepass")) for k in keys]
+        values = s.reader.read(blobs, at, features, entities)
+        for row, value in zip(results, values, strict=True):
+            out = row["features"]
+            for f in features:
+                out[names[(set_name, f)]] = value.get(f)
+    return {"at": at, "results": results}
+
+
+async def serve(registry: Registry, broker: list[str], app_id: str, bind: str, port: int, *,
+                token: str | None = None, client_config: Mapping | None = None) -> None:  # fmt: skip
+    """Follow the changelogs and serve HTTP on ``bind:port`` until SIGTERM/SIGINT (or the follower fails)."""
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    sets = replica_sets(registry, app_id)
+    follower = ChangelogFollower(sets, broker, client_config)
+    runner = web.AppRunner(build_web_app(registry, sets, follower, token), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, bind, port, reuse_address=True).start()
+    log.warning("replica: serving http://%s:%d for %d feature set(s) of app %r", bind, port, len(sets), app_id)
+    following = asyncio.ensure_future(follower.run())
+    try:
+        await asyncio.wait([following, stop], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await runner.cleanup()
+    if following.done() and not following.cancelled() and following.exception() is not None:
+        raise following.exception()
