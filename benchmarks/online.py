@@ -23,6 +23,14 @@ beside its ceiling measured in the same run, and their ratio:
 * **reads during ingest**: ``--during-rate`` events/s (default 20,000) of new payments produced for
   ``--during-seconds`` while wrk reads at 1 connection; the worker's consumed rate over the same time shows
   that it kept up.
+* **the replica** (``featurestream replica``: the read API served by a process of its own that follows the
+  last ingest worker's changelogs): started after the ingest runs, with its catch-up time; the same reads as the
+  worker's at each connection count, the same reads during ingest (the worker still ingesting), freshness read
+  from it, and, last, reads during ingest with the worker's threads at nice 10 (ingest at a lower CPU priority
+  than reads, what a host that runs both would do). While the worker alone is measured during ingest and for
+  freshness, the replica is paused (SIGSTOP): those are the figures of a deployment without one. *Ceiling* of
+  reads during ingest: the bare aiohttp handler under the same ingest (the replica following too), read the
+  same way: what this machine's scheduler leaves any HTTP server while the broker, producer and worker run.
 * **freshness**: ``--fresh-rate`` events/s for ``--fresh-seconds`` with event time = now; every
   ``--probe-every``-th event is for one of ``--probe-users`` probe users. A poller GETs each probe user with an
   outstanding probe every ``--poll-ms`` ms (``?features=amount_count_1h``); the k-th probe of a user is
@@ -209,10 +217,7 @@ class Worker:
         return cpu_seconds(self.proc.pid)
 
     def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return _peak_rss_mb(self.proc.pid)
 
     def log_summary(self, top: int = 4) -> list[str]:
         """The most frequent WARNING/ERROR messages of the worker log, with their counts."""
@@ -233,6 +238,70 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+class Replica:
+    """``python -m featurestream.cli replica`` following the changelogs of one worker's app id."""
+
+    def __init__(self, broker: str, app_id: str, log_path: str, definitions: Path | None = None):
+        self.port = free_ports(1)[0]
+        self.log_path = log_path
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
+        cmd = [sys.executable, "-m", "featurestream.cli", "replica", "--broker", broker, "--app-id", app_id,
+               "--definitions", str(definitions or DEFINITIONS), "--web-port", str(self.port)]  # fmt: skip
+        self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        self.started = time.monotonic()
+
+    def wait_caught_up(self, timeout_s: float = START_TIMEOUT_S) -> float:
+        """Seconds from launch until /health answers 200 (every changelog record applied)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"replica exited with {self.proc.returncode}:\n{Path(self.log_path).read_text()[-3000:]}")
+            try:
+                http_get(self.port, "/health")
+                return time.monotonic() - self.started
+            except (OSError, RuntimeError):
+                time.sleep(0.2)
+        raise RuntimeError(f"replica not caught up after {timeout_s}s:\n{Path(self.log_path).read_text()[-3000:]}")
+
+    def pause(self) -> None:
+        """Stop the process (SIGSTOP) while the worker alone is measured: a deployment without a replica."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Continue, and wait until the replica has applied what the changelogs received meanwhile."""
+        self.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + timeout_s
+        while json.loads(http_get(self.port, "/health"))["behind_records"] != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica still behind after {timeout_s}s")
+            time.sleep(0.2)
+
+    def peak_rss_mb(self) -> float:
+        return _peak_rss_mb(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 # -- phases -----------------------------------------------------------------------------------------
@@ -453,15 +522,17 @@ def consumer_ceiling(args, address: str, topic: str) -> dict[str, list[float]]:
     return out
 
 
-def reads_phase(args, worker: Worker, users_file: Path, profiles: dict) -> dict:
-    """wrk at each connection count: the worker's GET /features, its GET /health, a bare aiohttp handler."""
-    url = f"http://127.0.0.1:{worker.port}"
+def reads_phase(args, worker: Worker, replica: Replica, users_file: Path, profiles: dict) -> dict:
+    """wrk at each connection count: the worker's GET /features, the replica's, the worker's GET /health, a bare
+    aiohttp handler."""
+    url, replica_url = f"http://127.0.0.1:{worker.port}", f"http://127.0.0.1:{replica.port}"
     sample_user = users_file.read_text().split("\n", 1)[0]
     body = http_get(worker.port, f"/features/{SET}/{sample_user}").decode()
     bare = BareServer(body)
-    out: dict = {c: {"features": [], "health": [], "aiohttp": []} for c in CONNECTIONS}
+    out: dict = {c: {"features": [], "replica": [], "health": [], "aiohttp": []} for c in CONNECTIONS}
     try:
         run_wrk(url, 8, 2, users_file, f"/features/{SET}/")  # warm up: untimed
+        run_wrk(replica_url, 8, 2, users_file, f"/features/{SET}/")
         for rep in range(args.reps):
             for c in CONNECTIONS:
                 load = _load()
@@ -472,13 +543,22 @@ def reads_phase(args, worker: Worker, users_file: Path, profiles: dict) -> dict:
                 features = run_wrk(url, c, args.seconds, users_file, f"/features/{SET}/")
                 if spy is not None:
                     spy.stop()
+                if args.profile and rep == 0 and c == 8:
+                    spy = Profile(replica.proc.pid, args.profile / "replica-reads.raw", args.seconds)
+                    profiles["replica reads"] = [spy]
+                replica_features = run_wrk(replica_url, c, args.seconds, users_file, f"/features/{SET}/")
+                if spy is not None:
+                    spy.stop()
                 health = run_wrk(url, c, args.seconds, None, "/health")
                 plain = run_wrk(bare.url, c, args.seconds, None, "/features")
-                for name, r in (("features", features), ("health", health), ("aiohttp", plain)):
+                for name, r in (("features", features), ("replica", replica_features), ("health", health),
+                                ("aiohttp", plain)):  # fmt: skip
                     out[c][name].append(r)
                 print(
-                    f"reads {rep + 1}/{args.reps}, {c} connection(s): features {features.rate:,.0f} req/s "
+                    f"reads {rep + 1}/{args.reps}, {c} connection(s): worker {features.rate:,.0f} req/s "
                     f"p50/p99/p999 {features.p50:.2f}/{features.p99:.2f}/{features.p999:.2f} ms ({features.errors} errors); "
+                    f"replica {replica_features.rate:,.0f} req/s p50/p99/p999 {replica_features.p50:.2f}/"
+                    f"{replica_features.p99:.2f}/{replica_features.p999:.2f} ms ({replica_features.errors} errors); "
                     f"/health {health.rate:,.0f}; aiohttp {plain.rate:,.0f}; load {load}",
                     flush=True,
                 )
@@ -488,10 +568,24 @@ def reads_phase(args, worker: Worker, users_file: Path, profiles: dict) -> dict:
     return out
 
 
-def during_phase(args, address: str, topic: str, worker: Worker, users_file: Path, profiles: dict) -> list[dict]:
-    """Reads at 1 connection while ``--during-rate`` events/s of new payments arrive."""
+def renice(pid: int, niceness: int) -> bool:
+    """Set every thread of process ``pid`` to ``niceness`` (Linux: a priority per thread); False if refused."""
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+    except (PermissionError, ProcessLookupError, FileNotFoundError):
+        return False
+    return True
+
+
+def during_phase(args, address: str, topic: str, worker: Worker, users_file: Path, profiles: dict,
+                 reader=None, label: str = "worker", bare: bool = False) -> list[dict]:  # fmt: skip
+    """Reads at 1 connection (of the worker, or of ``reader``: the replica, or a bare aiohttp handler's fixed
+    answer when ``bare``) while ``--during-rate`` events/s of new payments arrive at the worker."""
     runs = []
-    url = f"http://127.0.0.1:{worker.port}"
+    target = reader or worker
+    url = f"http://127.0.0.1:{target.port}"
+    entities, path = (None, "/features") if bare else (users_file, f"/features/{SET}/")
     for rep in range(args.reps):
         load = _load()
         before = (worker.metrics() or {}).get("featurestream_events_consumed_total", 0.0)
@@ -503,9 +597,9 @@ def during_phase(args, address: str, topic: str, worker: Worker, users_file: Pat
         )  # fmt: skip
         time.sleep(2.0)  # traffic flowing before the reads start
         seconds = max(1.0, args.during_seconds - 4.0)
-        if args.profile and rep == 0:
+        if args.profile and rep == 0 and reader is None:
             profiles["during"] = [Profile(worker.proc.pid, args.profile / "during.raw", seconds, threads=True)]
-        reads = run_wrk(url, 1, seconds, users_file, f"/features/{SET}/")
+        reads = run_wrk(url, 1, seconds, entities, path)
         stdout, stderr = producer.communicate(timeout=args.during_seconds + 120)
         at_end = (worker.metrics() or {}).get("featurestream_events_consumed_total", 0.0)
         lines = [x for x in stdout.splitlines() if x.startswith("{")]
@@ -521,7 +615,7 @@ def during_phase(args, address: str, topic: str, worker: Worker, users_file: Pat
         run = {"reads": reads, "produced": produced, "consumed_by_end": at_end - before, "load": load}
         runs.append(run)
         print(
-            f"reads during ingest {rep + 1}/{args.reps}: {produced['rate']:,.0f} events/s produced, the worker had "
+            f"reads of the {label} during ingest {rep + 1}/{args.reps}: {produced['rate']:,.0f} events/s produced, the worker had "
             f"consumed {at_end - before:,.0f} of {produced['events']:,} when the producer stopped; GET at 1 connection "
             f"{reads.rate:,.0f} req/s p50/p99/p999 {reads.p50:.2f}/{reads.p99:.2f}/{reads.p999:.2f} ms; load {load}",
             flush=True,
@@ -638,26 +732,36 @@ def _lat(results) -> str:
 def report(args, ingest, ceiling, reads, during, fresh, existing: int) -> list[tuple[str, ...]]:
     rows = []
     for c in CONNECTIONS:
-        f, h, a = reads[c]["features"], reads[c]["health"], reads[c]["aiohttp"]
-        rate, h_rate, a_rate = _med(f, "rate"), _med(h, "rate"), _med(a, "rate")
-        bar = f">= {GET_RATE_BAR:,.0f}" if c == 8 else ""
+        h, a = reads[c]["health"], reads[c]["aiohttp"]
+        h_rate, a_rate = _med(h, "rate"), _med(a, "rate")
+        for who, f in (("worker", reads[c]["features"]), ("replica", reads[c]["replica"])):
+            rate = _med(f, "rate")
+            bar = f">= {GET_RATE_BAR:,.0f}" if c == 8 else ""
+            rows.append((
+                f"GET /features (18), {who}, {c} conn: req/s", f"{rate:,.0f}",
+                f"/health {h_rate:,.0f}; aiohttp {a_rate:,.0f}", f"{rate / h_rate:.2f} / {rate / a_rate:.2f}", bar,
+                _verdict(rate >= GET_RATE_BAR and not sum(r.errors for r in f)) if bar else "",
+            ))  # fmt: skip
+            bar = f"p99 <= {GET_P99_BAR_MS:g}" if c == 1 else ""
+            rows.append((
+                f"  p50 / p99 / p999 ms, {who}, {c} conn", _lat(f), f"/health {_lat(h)}; aiohttp {_lat(a)}", "", bar,
+                _verdict(_med(f, "p99") <= GET_P99_BAR_MS) if bar else "",
+            ))  # fmt: skip
+    for who, runs in during.items():
+        if not runs:
+            rows.append((f"GET of the {who} during ingest", "not measured (renice refused)", "", "", "", ""))
+            continue
+        d = [r["reads"] for r in runs]
+        produced = _median([r["produced"]["rate"] for r in runs])
+        if who.startswith("bare"):
+            rows.append((f"  the machine's floor: a {who} during {produced:,.0f} ev/s ingest, p50/p99/p999 ms", _lat(d),
+                         f"idle: {_lat(reads[1]['aiohttp'])}", "", "", ""))  # fmt: skip
+            continue
         rows.append((
-            f"GET /features (18), {c} conn: req/s", f"{rate:,.0f}", f"/health {h_rate:,.0f}; aiohttp {a_rate:,.0f}",
-            f"{rate / h_rate:.2f} / {rate / a_rate:.2f}", bar,
-            _verdict(rate >= GET_RATE_BAR and not sum(r.errors for r in f)) if bar else "",
+            f"GET of the {who} during {produced:,.0f} ev/s ingest, 1 conn: p50/p99/p999 ms", _lat(d),
+            f"idle: {_lat(reads[1]['replica' if 'replica' in who else 'features'])}", "", f"p99 <= {DURING_P99_BAR_MS:g}",
+            _verdict(_med(d, "p99") <= DURING_P99_BAR_MS and not sum(r.errors for r in d)),
         ))  # fmt: skip
-        bar = f"p99 <= {GET_P99_BAR_MS:g}" if c == 1 else ""
-        rows.append((
-            f"  p50 / p99 / p999 ms, {c} conn", _lat(f), f"/health {_lat(h)}; aiohttp {_lat(a)}", "", bar,
-            _verdict(_med(f, "p99") <= GET_P99_BAR_MS) if bar else "",
-        ))  # fmt: skip
-    d = [r["reads"] for r in during]
-    produced = _median([r["produced"]["rate"] for r in during])
-    rows.append((
-        f"GET during {produced:,.0f} ev/s ingest, 1 conn: p50/p99/p999 ms", _lat(d),
-        f"idle: {_lat(reads[1]['features'])}", "", f"p99 <= {DURING_P99_BAR_MS:g}",
-        _verdict(_med(d, "p99") <= DURING_P99_BAR_MS and not sum(r.errors for r in d)),
-    ))  # fmt: skip
     rate = _median([r["rate"] for r in ingest])
     orj, raw, js = (_median(ceiling[k]) for k in ("orjson", "none", "json"))
     rows.append((
@@ -666,11 +770,13 @@ def report(args, ingest, ceiling, reads, during, fresh, existing: int) -> list[t
     ))  # fmt: skip
     cpu = _median([r["cpu_share"] for r in ingest])
     rows.append(("  worker CPU while ingesting", f"{cpu:.0%} of a core", "", "", "", ""))
-    p50, p99 = _median([r["p50"] for r in fresh]), _median([r["p99"] for r in fresh])
-    rows.append((
-        f"freshness p50 / p99 @ {_median([r['rate'] for r in fresh]):,.0f} ev/s", f"{p50 * 1000:.0f} / {p99 * 1000:.0f} ms",
-        "", "", f"p99 <= {FRESH_P99_BAR_S * 1000:.0f} ms", _verdict(p99 <= FRESH_P99_BAR_S),
-    ))  # fmt: skip
+    for who, runs in fresh.items():
+        p50, p99 = _median([r["p50"] for r in runs]), _median([r["p99"] for r in runs])
+        rows.append((
+            f"freshness p50 / p99 @ {_median([r['rate'] for r in runs]):,.0f} ev/s, read from the {who}",
+            f"{p50 * 1000:.0f} / {p99 * 1000:.0f} ms", "", "", f"p99 <= {FRESH_P99_BAR_S * 1000:.0f} ms",
+            _verdict(p99 <= FRESH_P99_BAR_S),
+        ))  # fmt: skip
     return rows
 
 
@@ -711,7 +817,7 @@ def main() -> int:
     events = sample_events(args.events, users=args.users, seed=args.seed, span_ms=DAY_MS)
     existing = sorted(events["user_id"].unique().tolist())
     broker = Broker()
-    worker = None
+    worker = replica = None
     profiles: dict = {}
     tmp = Path(tempfile.mkdtemp(prefix="featurestream-bench-online-"))
     users_file = tmp / "users.txt"
@@ -725,31 +831,62 @@ def main() -> int:
               f"{args.partitions} partitions ({took:.1f}s)", flush=True)  # fmt: skip
         loads["ingest"] = _load()
         ingest, worker = ingest_phase(args, address, topic, prefix, tmp, profiles)
+        replica = Replica(address, f"{prefix}app{args.reps - 1}", str(tmp / "replica.log"), args.definitions)
         ceiling = consumer_ceiling(args, address, topic)
+        caught_up_s = replica.wait_caught_up()
+        found = re.search(r"applying (\d+) changelog record", Path(replica.log_path).read_text())
+        changelog_records = int(found.group(1)) if found else -1
+        print(f"replica caught up with {changelog_records:,} changelog records {caught_up_s:.1f}s after its start "
+              "(it started with the bare consumer runs)", flush=True)  # fmt: skip
         loads["reads"] = _load()
-        reads = reads_phase(args, worker, users_file, profiles)
+        reads = reads_phase(args, worker, replica, users_file, profiles)
         loads["during"] = _load()
-        during = during_phase(args, address, topic, worker, users_file, profiles)
+        replica.pause()  # the worker's figures are those of a deployment without a replica
+        during = {"worker": during_phase(args, address, topic, worker, users_file, profiles)}
+        replica.resume()
+        during["replica"] = during_phase(args, address, topic, worker, users_file, profiles, replica, "replica")
+        bare = BareServer(http_get(worker.port, f"/features/{SET}/{existing[0]}").decode())
+        try:  # the machine's own floor under the same load: a fixed answer, no feature work
+            during["bare aiohttp handler"] = during_phase(args, address, topic, worker, users_file, profiles, bare,
+                                                          "bare aiohttp handler", bare=True)  # fmt: skip
+        finally:
+            bare.stop()
         loads["freshness"] = _load()
-        fresh = []
+        fresh: dict[str, list] = {"worker": [], "replica": []}
         for rep in range(args.reps):
-            load = _load()
-            fresh.append(freshness(address, topic, worker.port, existing, args, rep))
-            f = fresh[-1]
-            print(f"freshness {rep + 1}/{args.reps}: {f['events']:,} events at {f['rate']:,.0f}/s, {f['probes']} probes "
-                  f"({f['missing']} not visible in time), {f['polls']:,} polls; p50/p99 {f['p50'] * 1000:.0f}/"
-                  f"{f['p99'] * 1000:.0f} ms; load {load}", flush=True)  # fmt: skip
+            for who, port in (("worker", worker.port), ("replica", replica.port)):
+                load = _load()
+                if who == "worker":
+                    replica.pause()
+                fresh[who].append(freshness(address, topic, port, existing, args, rep + (100 if who == "replica" else 0)))
+                if who == "worker":
+                    replica.resume()
+                f = fresh[who][-1]
+                print(f"freshness read from the {who} {rep + 1}/{args.reps}: {f['events']:,} events at {f['rate']:,.0f}/s, "
+                      f"{f['probes']} probes ({f['missing']} not visible in time), {f['polls']:,} polls; p50/p99 "
+                      f"{f['p50'] * 1000:.0f}/{f['p99'] * 1000:.0f} ms; load {load}", flush=True)  # fmt: skip
+        # Last, as it may not be undone without privileges: ingest at a lower CPU priority than reads.
+        loads["during, worker niced"] = _load()
+        niced = "replica, worker at nice 10"
+        during[niced] = []
+        if renice(worker.proc.pid, 10):
+            during[niced] = during_phase(args, address, topic, worker, users_file, profiles, replica, niced)
+            renice(worker.proc.pid, 0)
         worker.check_alive()
-        rss = worker.peak_rss_mb()
+        rss, replica_rss = worker.peak_rss_mb(), replica.peak_rss_mb()
         log_lines = worker.log_summary()
         loads["end"] = _load()
     finally:
+        if replica is not None:
+            replica.stop()
         if worker is not None:
             worker.stop()
         broker.stop()
 
     rows = report(args, ingest, ceiling, reads, during, fresh, len(existing))
     rows.append(("worker peak RSS", f"{rss:.0f} MB", "", "", "", ""))
+    rows.append(("replica: catch-up from launch; peak RSS", f"{caught_up_s:.1f} s for {changelog_records:,} records; "
+                 f"{replica_rss:.0f} MB", "", "", "", ""))  # fmt: skip
     header = ("measure", "featurestream (median)", "ceiling, same run (median)", "ratio", "bar", "")
     widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
     print()

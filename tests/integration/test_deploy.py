@@ -75,7 +75,7 @@ class Network:
     def __init__(self, broker: str, s3_endpoint: str, root: Path, run_id: str):
         self.broker, self.s3_endpoint = broker, s3_endpoint
         self.volumes = {"/state": root / "state", "/data": root / "data"}
-        self.ports = {"6066": str(free_port()), "9108": str(free_port())}
+        self.ports = {"6066": str(free_port()), "6067": str(free_port()), "9108": str(free_port())}
         self.store = f"s3://featurestream/compose-{run_id}"
 
     def word(self, word: str) -> str:
@@ -180,6 +180,15 @@ def test_compose_services_run_as_compose_starts_them(kafka_bootstrap, s3_server,
             return float(line.rsplit(" ", 1)[1]) >= 2000
 
         wait_for("the worker to apply every event", all_applied, procs, tmp_path)
+        start("replica")
+        replica_url = f"http://{OTHER_ADDRESS}:{net.ports['6067']}"
+
+        def replica_agrees() -> bool:
+            path = "/features/transactions/u00001?features=amount_count_90d"
+            status, body = get(f"{replica_url}{path}")
+            return status == 200 and json.loads(body)["features"] == json.loads(get(f"{worker_url}{path}")[1])["features"]
+
+        wait_for("the replica to answer as the worker does", replica_agrees, procs, tmp_path)
         # The reference of the drift service, exported as the compose file's header says.
         header = load_compose_header()
         reference_cmd = next(line for line in header if "run --rm drift training-set" in line)

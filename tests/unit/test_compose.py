@@ -17,7 +17,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-SUBCOMMANDS = {"worker", "sink", "produce", "drift"}
+SUBCOMMANDS = {"worker", "replica", "sink", "produce", "drift"}
 
 _KEY = re.compile(r"^([A-Za-z0-9_.-]+):(?:\s+(.*))?$")
 

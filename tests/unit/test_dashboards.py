@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from featurestream.drift_metrics import DriftMetrics
 from stream.metrics import WorkerMetrics
+from stream.replica import ReplicaMetrics
 from tests.unit.test_compose import load_compose, parse_block_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,9 +43,9 @@ def load_yaml(path: Path):
 
 
 def exported_series() -> dict[str, set[str]]:
-    """Series name -> label names, for every metric of the worker and of the drift exporter."""
+    """Series name -> label names, for every metric of the worker, the read replica and the drift exporter."""
     series: dict[str, set[str]] = dict(EXTERNAL)
-    for metrics in (WorkerMetrics(), DriftMetrics()):
+    for metrics in (WorkerMetrics(), ReplicaMetrics(), DriftMetrics()):
         for collector in list(metrics.registry._collector_to_names):
             name, labels = collector._name, set(collector._labelnames)
             if isinstance(collector, Counter):
@@ -143,6 +144,7 @@ def test_alert_rules_parse_and_query_only_real_metrics():
         "featurestream_last_record_broker_timestamp_seconds",
         "featurestream_events_rejected_total",
         "featurestream_drift_drifted",
+        "featurestream_replica_behind_records",
     ):
         assert series in used, f"no alert on {series}"
 
@@ -156,7 +158,7 @@ def test_prometheus_loads_the_rules_and_compose_mounts_them():
     )  # container path -> host path
     assert rule_file in mounts and (REPO_ROOT / mounts[rule_file]).is_file()
     jobs = {job["job_name"] for job in config["scrape_configs"]}
-    assert {"featurestream-worker", "featurestream-drift"} <= jobs
+    assert {"featurestream-worker", "featurestream-replica", "featurestream-drift"} <= jobs
     drift = compose["services"]["drift"]
     assert "--metrics-port 9108" in drift["command"]
     assert "drift:9108" in (PROMETHEUS / "prometheus.yml").read_text()
