@@ -34,6 +34,12 @@ class ChangelogMirror:
         """Apply ``partition`` from ``offset`` (its first record still in the log)."""
         self.positions[partition] = offset
 
+    def advance(self, partition: int, position: int) -> None:
+        """The consumer's position in ``partition``: offsets below it that were not applied are not in the log
+        any more (compacted away)."""
+        if position > self.positions.get(partition, 0):
+            self.positions[partition] = position
+
     def get(self, key: bytes) -> bytes | None:
         return self._blobs.get(key)
 

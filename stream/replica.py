@@ -178,6 +178,8 @@ class ChangelogFollower:
                 by_topic[tp.topic].apply(tp.partition, ((m.offset, m.key, m.value) for m in messages))
                 self.applied += len(messages)
             if not self.ready.is_set():
+                for tp in consumer.assignment():  # past records compaction removed at a log's end, too
+                    by_topic[tp.topic].advance(tp.partition, await consumer.position(tp))
                 if self._caught_up():
                     self._announce_ready()
                 elif time.monotonic() - last_progress > PROGRESS_EVERY_S:

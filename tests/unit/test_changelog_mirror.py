@@ -59,3 +59,13 @@ def test_behind_counts_records_up_to_the_end_offsets():
     mirror.start(1, 0)
     mirror.apply(1, [(0, CHECKPOINT_KEY, Checkpoint(1).encode())])
     assert mirror.behind({0: 15, 1: 1, 2: 3}) == 5 + 0 + 3
+
+
+def test_the_consumer_position_moves_past_records_compaction_removed_but_never_back():
+    mirror = ChangelogMirror(EntityStateCodec(TX))
+    mirror.start(0, 0)
+    mirror.apply(0, [(3, CHECKPOINT_KEY, Checkpoint(1).encode())])  # offsets 0-2 and 4-6 compacted away
+    mirror.advance(0, 7)
+    assert mirror.behind({0: 7}) == 0
+    mirror.advance(0, 5)
+    assert mirror.positions[0] == 7
