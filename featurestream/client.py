@@ -72,7 +72,8 @@ class FeatureTimeout(FeatureClientError, TimeoutError):
 class OnlineClient:
     """Reads features from featurestream workers over HTTP (see the module docstring).
 
-    ``url``: a worker's base URL (any worker answers for any key). ``token``: the workers' bearer token;
+    ``url``: a worker's or a read replica's (``featurestream replica``) base URL (either answers for any key).
+    ``token``: the workers' bearer token;
     default from ``token_file`` or env ``FEATURESTREAM_AUTH_TOKEN`` / ``FEATURESTREAM_AUTH_TOKEN_FILE``.
     ``timeout``: seconds for the whole answer; ``connect_timeout``: seconds to connect. ``retries``:
     attempts after the first when connecting fails, ``backoff`` seconds apart, doubling. ``pool_size``:
