@@ -87,8 +87,8 @@ class KafkaSecurity:
                 raise ValueError(f"--kafka-ssl-{kind} {files[kind]!r}: no such file")
         return self
 
-    def client_config(self) -> dict:
-        """kafka-python keyword arguments (KafkaConsumer, KafkaProducer, KafkaAdminClient); {} for PLAINTEXT."""
+    def _common_config(self) -> dict:
+        """The protocol and SASL arguments kafka-python and aiokafka share; {} for PLAINTEXT."""
         if self.protocol == "PLAINTEXT":
             return {}
         out: dict = {"security_protocol": self.protocol}
@@ -98,6 +98,11 @@ class KafkaSecurity:
                 sasl_plain_username=self.sasl_username,
                 sasl_plain_password=self.sasl_password,
             )
+        return out
+
+    def client_config(self) -> dict:
+        """kafka-python keyword arguments (KafkaConsumer, KafkaProducer, KafkaAdminClient); {} for PLAINTEXT."""
+        out = self._common_config()
         if self.uses_ssl:
             out["ssl_check_hostname"] = True
             for kind in ("cafile", "certfile", "keyfile"):
@@ -108,15 +113,7 @@ class KafkaSecurity:
 
     def aiokafka_config(self) -> dict:
         """aiokafka keyword arguments (AIOKafkaConsumer, AIOKafkaProducer); {} for PLAINTEXT."""
-        if self.protocol == "PLAINTEXT":
-            return {}
-        out: dict = {"security_protocol": self.protocol}
-        if self.uses_sasl:
-            out.update(
-                sasl_mechanism=self.sasl_mechanism,
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password,
-            )
+        out = self._common_config()
         if self.uses_ssl:
             out["ssl_context"] = self.ssl_context()
         return out

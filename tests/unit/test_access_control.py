@@ -200,6 +200,29 @@ def test_sasl_plaintext_and_ssl():
     assert isinstance(credentials, faust.SSLCredentials) and credentials.protocol.value == "SSL"
 
 
+def test_the_replicas_aiokafka_arguments_carry_the_same_protocol_sasl_and_verified_tls():
+    assert KafkaSecurity().check().aiokafka_config() == {}
+    plain = KafkaSecurity(protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password="p").check()
+    assert plain.aiokafka_config() == {
+        "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "u", "sasl_plain_password": "p",
+    }  # fmt: skip
+    config = KafkaSecurity(
+        protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-256", sasl_username="svc", sasl_password="pw",
+        ssl_cafile=certifi.where(),
+    ).check().aiokafka_config()  # fmt: skip
+    context = config.pop("ssl_context")
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert config == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256",
+                      "sasl_plain_username": "svc", "sasl_plain_password": "pw"}  # fmt: skip
+    from aiokafka import AIOKafkaConsumer
+
+    async def make() -> None:  # arguments aiokafka takes (it refuses unknown ones)
+        AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", **config, ssl_context=context)
+
+    asyncio.run(make())
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
