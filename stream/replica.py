@@ -10,7 +10,8 @@ partitions, no consumer group, nothing committed), keeps each entity's newest st
 * ``GET /features/{set}/{entity}`` and ``POST /vectors/{vector}``: the worker's answers, for every entity (a
   replica holds every partition, so nothing is forwarded). 503 until every changelog partition has been
   applied up to its end offset as of the replica's start.
-* ``GET /health``: 200 once caught up, with the records still to apply; ``GET /metrics``: Prometheus text.
+* ``GET /health``: 200 once caught up, with the records still to apply; 503 ``degraded`` while no bootstrap server
+  accepts connections (reads still answer, from state that no longer moves), as a worker; ``GET /metrics``.
 
 An answer trails the owning worker's by the changelog's delivery: the worker produces a batch's state records
 before it stores them, and the replica fetches them at most ``FETCH_WAIT_MS`` after they land (fetches of at
@@ -48,6 +49,7 @@ from .reading import (
     request_columns,
     vector_entity_keys,
 )
+from .status import PROBE_S, WAIT_LOG_S, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -116,24 +118,39 @@ class ChangelogFollower:
         return total
 
     async def run(self) -> None:
-        from aiokafka import AIOKafkaConsumer
-
-        self._consumer = consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.broker,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-            fetch_min_bytes=FETCH_MIN_BYTES,
-            client_id="featurestream-replica",
-            **self.client_config,
-        )
-        await consumer.start()
+        self._consumer = consumer = await self._connect()
         try:
             await self._assign(consumer)
             await self._follow(consumer)
         finally:
             await consumer.stop()
+
+    async def _connect(self):
+        """A started consumer, once a bootstrap server answers (until then: a line every ``WAIT_LOG_S``)."""
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.errors import KafkaError
+
+        last_line = float("-inf")
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.broker,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=FETCH_WAIT_MS,
+                fetch_min_bytes=FETCH_MIN_BYTES,
+                client_id="featurestream-replica",
+                **self.client_config,
+            )
+            try:
+                await consumer.start()
+                return consumer
+            except KafkaError as exc:
+                await consumer.stop()
+                if time.monotonic() - last_line >= WAIT_LOG_S:
+                    last_line = time.monotonic()
+                    log.warning("replica: waiting for Kafka at %s: %s", ",".join(self.broker), exc)
+            await asyncio.sleep(2.0)
 
     async def _assign(self, consumer) -> None:
         """Wait until every changelog topic exists (a worker creates them), then take all their partitions."""
@@ -194,6 +211,13 @@ class ChangelogFollower:
                     time.monotonic() - self.started, self.applied, entities)  # fmt: skip
 
 
+async def _probe_broker(status: WorkerStatus) -> None:
+    """Every ``PROBE_S``: is any bootstrap server reachable (logged once per change, as a worker does)."""
+    while True:
+        status.record_probe(await status.broker_reachable())
+        await asyncio.sleep(PROBE_S)
+
+
 def _tp(topic: str, partition: int):
     from aiokafka import TopicPartition
 
@@ -205,8 +229,9 @@ def _json(value, status: int = 200) -> web.Response:
 
 
 def build_web_app(registry: Registry, sets: Mapping[str, ReplicaSet], follower: ChangelogFollower,
-                  token: str | None = None) -> web.Application:  # fmt: skip
-    """The replica's aiohttp application: the worker's read routes, ``/health`` and ``/metrics``."""
+                  token: str | None = None, status: WorkerStatus | None = None) -> web.Application:  # fmt: skip
+    """The replica's aiohttp application: the worker's read routes, ``/health`` (503 ``degraded`` while ``status``
+    finds no broker reachable) and ``/metrics``."""
 
     async def features(request: web.Request) -> web.Response:
         set_name, entity = request.match_info["feature_set"], request.match_info["entity"]
@@ -239,9 +264,13 @@ def build_web_app(registry: Registry, sets: Mapping[str, ReplicaSet], follower: 
         return _json(body)
 
     async def health(request: web.Request) -> web.Response:
-        body = {"status": "ok" if follower.ready.is_set() else "catching up", "role": "replica",
-                "behind_records": follower.behind()}  # fmt: skip
-        return _json(body, 200 if follower.ready.is_set() else 503)
+        ready = follower.ready.is_set()
+        body = {"status": "ok" if ready else "catching up", "role": "replica", "behind_records": follower.behind()}
+        down_since = status.broker_down_since if status is not None else None
+        if down_since is not None:  # reads still answer, from state that no longer moves
+            body.update(status="degraded", reason=f"broker unreachable for {time.time() - down_since:.0f} s", ready=ready)
+            return _json(body, 503)
+        return _json(body, 200 if ready else 503)
 
     metrics = ReplicaMetrics()
 
@@ -329,16 +358,19 @@ async def serve(registry: Registry, broker: list[str], app_id: str, bind: str, p
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
     sets = replica_sets(registry, app_id)
     follower = ChangelogFollower(sets, broker, client_config)
-    runner = web.AppRunner(build_web_app(registry, sets, follower, token), access_log=None)
+    status = WorkerStatus("replica", app_id, list(broker), f"http://{bind}:{port}", f"{bind}:{port}", 0.0)
+    runner = web.AppRunner(build_web_app(registry, sets, follower, token, status), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, bind, port, reuse_address=True).start()
     log.warning("replica: serving http://%s:%d for %d feature set(s) of app %r", bind, port, len(sets), app_id)
     following = asyncio.ensure_future(follower.run())
+    probing = asyncio.ensure_future(_probe_broker(status))
     try:
         await asyncio.wait([following, stop], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        following.cancel()
-        await asyncio.gather(following, return_exceptions=True)
+        for task in (following, probing):
+            task.cancel()
+        await asyncio.gather(following, probing, return_exceptions=True)
         await runner.cleanup()
     if following.done() and not following.cancelled() and following.exception() is not None:
         raise following.exception()

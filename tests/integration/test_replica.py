@@ -192,3 +192,21 @@ def test_a_restarted_replica_with_a_token_rebuilds_the_same_state_and_guards_rea
             assert_oracle(events, bodies[user], user)
     finally:
         assert replica.stop() == 0
+
+
+def test_a_replica_without_a_reachable_broker_waits_says_so_and_stops_cleanly(tmp_path):
+    replica = Replica(f"127.0.0.1:{free_port()}", "fs-no-broker", tmp_path / "replica.log")  # nothing listens there
+    try:
+        replica.wait_listening()
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            status, body = http("GET", f"{replica.url}/health")
+            if body.get("status") == "degraded":
+                break
+            time.sleep(0.2)
+        assert status == 503 and body["status"] == "degraded" and body["ready"] is False, body
+        status, body = http("GET", f"{replica.url}/features/transactions/u1")
+        assert status == 503 and "catching up" in body["error"]
+        assert "waiting for Kafka" in replica.log() and "Traceback" not in replica.log()
+    finally:
+        assert replica.stop() == 0, replica.log()
