@@ -16,7 +16,7 @@ import pandas as pd
 
 from aggregations.codec import EntityStateCodec
 from aggregations.compute import apply_on_read
-from aggregations.definitions import FeatureSet, FeatureVector
+from aggregations.definitions import FeatureSet, FeatureVector, Registry
 from aggregations.entity_read import EntityReader
 from aggregations.schema import MAX_ENTITY_BYTES, entity_keys  # one limit: ingest refuses longer keys too
 
@@ -29,7 +29,7 @@ class BadRequest(ValueError):
     """The client asked for something malformed (HTTP 400)."""
 
 
-class NotFound(KeyError):
+class NotFound(LookupError):
     """The client named a feature set or vector that does not exist (HTTP 404)."""
 
 
@@ -249,3 +249,29 @@ def output_names(vector: FeatureVector, resolved: Mapping[str, list[str]]) -> di
     return {
         (s, f): (f if counts[f] == 1 else f"{s}.{f}") for s, features in resolved.items() for f in features
     }
+
+
+def resolve_vector(
+    registry: Registry, vector_name: str, entities: list[dict]
+) -> tuple[dict[str, list[str]], dict[tuple[str, str], str]]:
+    """A vector request's features per set and their output names (``output_names``); ``NotFound`` for an unknown
+    vector, ``BadRequest`` for request inputs of the wrong type."""
+    vector = registry.vectors.get(vector_name)
+    if vector is None:
+        known = ", ".join(sorted(registry.vectors)) or "none"
+        raise NotFound(f"unknown feature vector {vector_name!r}; known: {known}")
+    resolved = vector.resolve(registry.feature_sets)
+    for set_name in resolved:
+        check_request_inputs(registry.feature_sets[set_name], entities)
+    return resolved, output_names(vector, resolved)
+
+
+def put_vector_values(
+    results: list[dict], set_name: str, features: Sequence[str], names: Mapping[tuple[str, str], str],
+    values: Sequence[Mapping],
+) -> None:  # fmt: skip
+    """Each entity's values of one set's ``features`` into its result row, under their output names."""
+    for row, value in zip(results, values, strict=True):
+        out = row["features"]
+        for f in features:
+            out[names[(set_name, f)]] = value.get(f)

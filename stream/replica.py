@@ -42,11 +42,12 @@ from .read_batch import ReadBatcher
 from .reading import (
     BadRequest,
     FeatureReader,
-    check_request_inputs,
-    output_names,
+    NotFound,
     parse_feature_list,
     parse_vector_request,
+    put_vector_values,
     request_columns,
+    resolve_vector,
     vector_entity_keys,
 )
 from .status import PROBE_S, WAIT_LOG_S, WorkerStatus
@@ -257,8 +258,8 @@ def build_web_app(registry: Registry, sets: Mapping[str, ReplicaSet], follower: 
             return _json({"error": str(exc)}, 400)
         except auth.RequestTooLarge as exc:
             return _json({"error": str(exc)}, 413)
-        except LookupError as exc:
-            return _json({"error": exc.args[0]}, 404)
+        except NotFound as exc:
+            return _json({"error": str(exc)}, 404)
         except _NotReady:
             return _json({"error": CATCHING_UP}, 503)
         return _json(body)
@@ -325,27 +326,16 @@ class _NotReady(RuntimeError):
 def vector_answer(registry: Registry, sets: Mapping[str, ReplicaSet], vector_name: str, entities: list[dict],
                   ready: bool) -> dict:  # fmt: skip
     """The body of ``POST /vectors/{vector_name}`` for ``entities``, read from the mirrors."""
-    vector = registry.vectors.get(vector_name)
-    if vector is None:
-        known = ", ".join(sorted(registry.vectors)) or "none"
-        raise LookupError(f"unknown feature vector {vector_name!r}; known: {known}")
-    resolved = vector.resolve(registry.feature_sets)
-    for set_name in resolved:
-        check_request_inputs(registry.feature_sets[set_name], entities)
+    resolved, names = resolve_vector(registry, vector_name, entities)
     if not ready:
         raise _NotReady()
-    names = output_names(vector, resolved)
     at = now_ms()
     results: list[dict] = [{"entity": e, "features": {}} for e in entities]
     for set_name, features in resolved.items():
         s = sets[set_name]
         keys = vector_entity_keys(registry.feature_sets[set_name], entities)
         blobs = [s.mirror.get(k.encode("utf-8", "surrogatepass")) for k in keys]
-        values = s.reader.read(blobs, at, features, entities)
-        for row, value in zip(results, values, strict=True):
-            out = row["features"]
-            for f in features:
-                out[names[(set_name, f)]] = value.get(f)
+        put_vector_values(results, set_name, features, names, s.reader.read(blobs, at, features, entities))
     return {"at": at, "results": results}
 
 

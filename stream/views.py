@@ -46,11 +46,12 @@ from .read_batch import ReadBatcher
 from .reading import (
     BadRequest,
     FeatureReader,
-    check_request_inputs,
-    output_names,
+    NotFound,
     parse_feature_list,
     parse_vector_request,
+    put_vector_values,
     request_columns,
+    resolve_vector,
     vector_entity_keys,
 )
 from .served_sample import ServedSample, register_sample_view
@@ -103,7 +104,7 @@ def register_views(app, ctx: ServingContext) -> None:
                 return self.json({"error": str(exc)}, status=400)
             except auth.RequestTooLarge as exc:
                 return self.json({"error": str(exc)}, status=413)
-            except _NotFound as exc:
+            except NotFound as exc:
                 return self.json({"error": str(exc)}, status=404)
             except _Unavailable as exc:
                 return self.json({"error": str(exc)}, status=503)
@@ -250,10 +251,6 @@ def _register_feature_set_view(app, ctx: ServingContext, set_name: str) -> None:
     app.page(f"/features/{set_name}/{{entity}}", name=f"featurestream-features-{set_name}")(FeaturesOfEntity)
 
 
-class _NotFound(LookupError):
-    pass
-
-
 class _Unavailable(RuntimeError):
     pass
 
@@ -264,14 +261,7 @@ NOT_HERE = "this key's partition is not served here yet (a rebalance is under wa
 
 async def _vector_response(app, ctx: ServingContext, view: View, request, vector_name: str) -> dict:
     entities = parse_vector_request(await auth.read_body(request))
-    vector = ctx.registry.vectors.get(vector_name)
-    if vector is None:
-        known = ", ".join(sorted(ctx.registry.vectors)) or "none"
-        raise _NotFound(f"unknown feature vector {vector_name!r}; known: {known}")
-    resolved = vector.resolve(ctx.registry.feature_sets)
-    for set_name in resolved:
-        check_request_inputs(ctx.registry.feature_sets[set_name], entities)
-    names = output_names(vector, resolved)
+    resolved, names = resolve_vector(ctx.registry, vector_name, entities)
     at = now_ms()
     results: list[dict] = [{"entity": e, "features": {}} for e in entities]
     for set_name, features in resolved.items():
@@ -300,10 +290,7 @@ async def _vector_response(app, ctx: ServingContext, view: View, request, vector
             )
             for i, answer in zip(remote, answers, strict=True):
                 values[i] = answer
-        for i in range(len(keys)):
-            out = results[i]["features"]
-            for f in features:
-                out[names[(set_name, f)]] = values[i].get(f)
+        put_vector_values(results, set_name, features, names, values)
     ctx.extra["served_sample"].record("vector", vector_name, [r["features"] for r in results])
     return {"at": at, "results": results}
 

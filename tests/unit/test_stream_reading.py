@@ -16,11 +16,14 @@ from stream.processor import BatchResult
 from stream.reading import (
     BadRequest,
     FeatureReader,
+    NotFound,
     json_values,
     output_names,
     parse_feature_list,
     parse_vector_request,
+    put_vector_values,
     request_columns,
+    resolve_vector,
     vector_entity_keys,
 )
 from stream.topics import bootstrap_servers, topic_names
@@ -99,6 +102,19 @@ def test_output_names_are_bare_unless_they_collide():
     vector = FeatureVector("v", ["a.x", "b.x", "a.y"])
     names = output_names(vector, {"a": ["x", "y"], "b": ["x"]})
     assert names == {("a", "x"): "a.x", ("a", "y"): "y", ("b", "x"): "b.x"}
+
+
+def test_a_vector_request_resolves_to_its_sets_features_and_fills_rows_by_output_name():
+    with pytest.raises(NotFound, match="unknown feature vector 'nope'; known: fraud"):
+        resolve_vector(REGISTRY, "nope", [])
+    with pytest.raises(BadRequest, match="amount"):
+        resolve_vector(REGISTRY, "fraud", [{"user_id": "u1", "amount": "abc"}])
+    resolved, names = resolve_vector(REGISTRY, "fraud", [{"user_id": "u1", "amount": 1.0}])
+    assert resolved == {"transactions": ["amount_avg_90d", "amount_count_1h", "amount_sum_1d", "amount_vs_avg_90d"]}
+    assert names == {("transactions", f): f for f in resolved["transactions"]}
+    results = [{"entity": {"user_id": "u1"}, "features": {}}, {"entity": {"user_id": "u2"}, "features": {}}]
+    put_vector_values(results, "a", ["x", "y"], {("a", "x"): "a.x", ("a", "y"): "y"}, [{"x": 1, "y": 2}, {"x": 3}])
+    assert [r["features"] for r in results] == [{"a.x": 1, "y": 2}, {"a.x": 3, "y": None}]
 
 
 def test_metrics_render_counters_per_feature_set():
