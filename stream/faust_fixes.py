@@ -31,6 +31,7 @@ applied already are then redelivered and skipped by the offset dedupe, so rewind
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
@@ -76,4 +77,24 @@ def apply() -> None:
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    if os.environ.get("FEATURESTREAM_TRACE", "") not in ("", "0"):
+        _trace_commits()
     _APPLIED = True
+
+
+def _trace_commits() -> None:
+    """Log every offset commit (``FEATURESTREAM_TRACE=1``; see ``stream.transaction.TRACE``)."""
+    from faust.transport.consumer import Consumer
+
+    commit_offsets = Consumer._commit_offsets
+
+    async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
+        done = await commit_offsets(self, offsets, start_new_transaction)
+        log.info(
+            "trace commit %s: %s",
+            done,
+            " ".join(f"{tp.topic[-9:]}/{tp.partition}={o}" for tp, o in sorted(offsets.items())),
+        )
+        return done
+
+    Consumer._commit_offsets = _commit_offsets

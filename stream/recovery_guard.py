@@ -24,6 +24,7 @@ from aggregations.bookkeeping import (
 from aggregations.codec import EntityStateCodec, StateMismatch
 
 from .state_cache import StateCache
+from .transaction import TRACE
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def is_stale(codec: EntityStateCodec, key: bytes, stored: bytes | None, incoming
     return moves_back(_offsets(codec, stored), _offsets(codec, incoming))
 
 
-def forward_only(store, codec: EntityStateCodec, events: Iterable) -> Iterator:
+def forward_only(store, codec: EntityStateCodec, events: list) -> Iterator:
     """The changelog events of a recovery batch that do not move their key's state backwards."""
     latest: dict[tuple[int, bytes], bytes | None] = {}
     skipped = 0
@@ -59,6 +60,13 @@ def forward_only(store, codec: EntityStateCodec, events: Iterable) -> Iterator:
             continue
         latest[where] = message.value
         yield event
+    if TRACE:
+        spans: dict[int, list[int]] = {}
+        for event in events:
+            m = event.message
+            span = spans.setdefault(m.partition, [m.offset, m.offset])
+            span[0], span[1] = min(span[0], m.offset), max(span[1], m.offset)
+        log.info("trace recovery applied %s, skipped %d", spans, skipped)
     if skipped:
         log.warning("recovery skipped %d changelog record(s) older than the state they would replace", skipped)
 

@@ -40,6 +40,7 @@ import asyncio
 import enum
 import inspect
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ from .forwarding import forwarded_groups
 from .processor import BatchProcessor, BatchResult, StateWrite
 
 log = logging.getLogger(__name__)
+#: ``FEATURESTREAM_TRACE=1``: one log line per batch (offsets, checkpoints, outcome), to follow a partition's
+#: history across owners when a fault test finds a discrepancy.
+TRACE = os.environ.get("FEATURESTREAM_TRACE", "") not in ("", "0")
 
 
 class TxState(enum.Enum):
@@ -182,7 +186,10 @@ class PartitionTransaction:
     async def run(self) -> TxOutcome:
         self._unawaited: list = []
         try:
-            return await self._run()
+            outcome = await self._run()
+            if TRACE:
+                self._trace(outcome)
+            return outcome
         except BaseException:
             for pending in self._unawaited:  # acknowledgements nobody will wait for now
                 if inspect.iscoroutine(pending):
@@ -197,6 +204,7 @@ class PartitionTransaction:
         if not ports.fence.may_start(self.token):
             return self._abandon("a rebalance began before the batch started")
         checkpoints, present = self._checkpoints()
+        self._before = {p: self._position(c) for p, c in checkpoints.items()}
         gaps = self._gaps(checkpoints, present)
         if gaps:
             outcome = self._abandon(f"the batch begins past its checkpoint {gaps}")
@@ -248,6 +256,17 @@ class PartitionTransaction:
         ports.source.ack(self.messages)
         self._step(TxState.COMPLETE)
         return TxOutcome(TxState.COMPLETE, result, skipped)
+
+    def _trace(self, outcome: TxOutcome) -> None:
+        spans: dict[int, list[int]] = {}
+        for m in self.messages:
+            span = spans.setdefault(m.partition, [m.offset, m.offset, 0])
+            span[0], span[1], span[2] = min(span[0], m.offset), max(span[1], m.offset), span[2] + 1
+        log.info(
+            "trace tx %s gen %s %s: %s skipped %d applied %d%s", self.kind.value, self.token, outcome.state.value,
+            " ".join(f"p{p}[{a}..{b} n{n} cp{getattr(self, '_before', {}).get(p)}]" for p, (a, b, n) in sorted(spans.items())), outcome.skipped,
+            outcome.result.applied, f" ({outcome.reason})" if outcome.reason else "",
+        )  # fmt: skip
 
     def _checkpoints(self) -> tuple[dict[int, Checkpoint], set[int]]:
         """Each partition's checkpoint, and the partitions that have one (a state that never ran has none)."""

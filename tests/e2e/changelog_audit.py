@@ -84,6 +84,29 @@ def audit(broker: str, topic: str) -> dict:
             "unreadable": unreadable}  # fmt: skip
 
 
+def audit_app(broker: str, app_id: str) -> list[dict]:
+    """``audit`` of every tile changelog of the app ``app_id``."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=broker, client_id="featurestream-audit")
+    try:
+        topics = sorted(t for t in admin.list_topics() if t.startswith(f"{app_id}-") and t.endswith("-changelog"))
+    finally:
+        admin.close()
+    return [audit(broker, t) for t in topics]
+
+
+def summary(reports: list[dict], examples: int = 5) -> list:
+    """What a failing test shows of the audits: counts per changelog, then the first offending records."""
+    out: list = []
+    for r in reports:
+        out.append((r["topic"], f"{r['records']} records", f"{len(r['backwards'])} backwards",
+                    f"{len(r['stale_base'])} stale base", f"{r['unreadable']} unreadable"))  # fmt: skip
+        for b in (r["stale_base"] + r["backwards"])[:examples]:
+            out.append((b["partition"], b["offset"], b["key"], b["record"], "after", b["before"]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--broker", required=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from _pytest.outcomes import Failed
 
+from .changelog_audit import audit_app
 from .harness import (
     Broker,
     Outcome,
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             reader.stopped.set()
             print(f"reads during the cycles, by HTTP status: {dict(sorted(reader.statuses.items()))}", flush=True)
         a.stop()
-        audits = audit_changelogs(bootstrap, app_id)
+        audits = audit_app(bootstrap, app_id)
     finally:
         feeder.stopped.set()
         if reader is not None:
@@ -217,18 +218,6 @@ def run(args: argparse.Namespace) -> int:
     return 1 if bad or wrong else 0
 
 
-def audit_changelogs(bootstrap: str, app_id: str) -> list[dict]:
-    """``changelog_audit`` of every tile changelog of the soak's app: late writes of departed owners."""
-    from kafka import KafkaAdminClient
-
-    from .changelog_audit import audit
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="featurestream-soak")
-    try:
-        topics = sorted(t for t in admin.list_topics() if t.startswith(f"{app_id}-") and t.endswith("-changelog"))
-    finally:
-        admin.close()
-    return [audit(bootstrap, t) for t in topics]
 
 
 def main(argv: list[str] | None = None) -> int:
