@@ -138,6 +138,7 @@ def create_app(
         tables[fs.name] = table
         readers[fs.name] = FeatureReader(fs)
         agents[fs.name] = FeatureSetAgent(app, fs, t, table, metrics, max_future, batch_max=batch_max)
+    faust_fixes.keep_changelog_events(app)
     status = WorkerStatus(
         worker_id, app_id, bootstrap_servers(broker), str(app.conf.canonical_url),
         bind=f"{web_bind or web_host}:{int(web_port)}", session_timeout_s=session_timeout_s,

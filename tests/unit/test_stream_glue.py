@@ -313,6 +313,34 @@ def test_partitions_without_a_committed_offset_are_sought_to_the_beginning():
     assert sorted(sought) == [TP("pay", 0), TP("pay", 1)]  # the changelog is positioned by table recovery
 
 
+def test_the_changelog_queue_keeps_records_when_flow_resumes_while_already_on():
+    """Faust's recovery resumes flow again after the standby partitions started fetching: records queued by
+    then were fetched from the position this recovery set and must reach recovery, not be cleared."""
+    faust_fixes.apply()
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    async def scenario() -> list[tuple[int, int]]:
+        flow = FlowControlEvent(initially_suspended=True)
+        changelog = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+        stream = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+        faust_fixes.keep_changelog_events(SimpleNamespace(tables=SimpleNamespace(changelog_queue=changelog)))
+        sizes = []
+        for queue in (changelog, stream):
+            queue.put_nowait("fetched before the rebalance")
+        flow.resume()  # after a suspension: both hold stale records, both are cleared
+        sizes.append((changelog.qsize(), stream.qsize()))
+        for queue in (changelog, stream):
+            queue.put_nowait("fetched after this recovery's seek")
+        flow.resume()  # already on: the changelog queue keeps its records, Faust's streams do as before
+        sizes.append((changelog.qsize(), stream.qsize()))
+        flow.suspend()
+        flow.resume()  # the next rebalance: cleared again
+        sizes.append((changelog.qsize(), stream.qsize()))
+        return sizes
+
+    assert asyncio.run(scenario()) == [(0, 0), (1, 0), (0, 0)]
+
+
 # --- recovery guard ----------------------------------------------------------------------------------
 
 
