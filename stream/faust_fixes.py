@@ -9,6 +9,7 @@
    (freshness p99 2 s). The fix caps the wait at ``FETCH_MAX_WAIT_MS``; an idle worker then sends
    ~10 empty fetches a second.
 3. Standby changelog records dropped after a rebalance (``keep_changelog_events``, below).
+4. Changelog records fetched while flow is off, dropped for good (``reposition_changelogs``, below).
 
 Fix 1 in detail.
 
@@ -46,6 +47,19 @@ of a standby's records and 122 events lost in one run.
 Fix: the changelog queue is cleared only when flow resumes after a real suspension (a rebalance or a
 stop), which is when its contents are stale; a resume while flow is already on leaves it alone. Other
 queues (Faust's streams) keep Faust's behaviour.
+
+Fix 4 in detail.
+
+Bug (found by the same test; the worker then waited forever for its table recovery, "No event received for
+active tp"): when Faust's ``Consumer.getmany`` receives a fetch while flow is off, it drops every record of
+it and "seeks back to committed offsets". Changelog partitions have no committed offset (table recovery
+positions them itself), so nothing seeks them back: the records of that fetch are never delivered. If table
+recovery had already positioned the partition (the fetch raced the resume of flow at the start of a
+recovery), active recovery waits for them without end, and a standby goes on past a hole.
+
+Fix: the seek to committed offsets also puts every changelog partition recovery is reading back to the first
+record recovery has not received (its seen offset, or the newest record in its queue, plus one). Records in
+between are fetched again; recovery skips any it has seen.
 """
 
 from __future__ import annotations
@@ -57,6 +71,7 @@ from collections.abc import Mapping
 log = logging.getLogger(__name__)
 
 _APPLIED = False
+TRACE = os.environ.get("FEATURESTREAM_TRACE", "") not in ("", "0")
 FETCH_MAX_WAIT_MS = 100
 
 
@@ -71,9 +86,11 @@ def apply() -> None:
         consumer = self._ensure_consumer()
 
         changelogs = self.app.tables.changelog_topics  # positioned by table recovery, never committed
+        expected = recovery_positions(self.app.tables, consumer.assignment())  # read on the event loop
 
         async def seek() -> Mapping:
             committed = await consumer.seek_to_committed()
+            await reposition_changelogs(consumer, expected)
             rewind = [
                 tp
                 for tp, offset in committed.items()
@@ -98,9 +115,48 @@ def apply() -> None:
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
     _clear_queues_on_real_resume_only()
-    if os.environ.get("FEATURESTREAM_TRACE", "") not in ("", "0"):
+    if TRACE:
         _trace_commits()
     _APPLIED = True
+
+
+def recovery_positions(tables, assignment) -> dict:
+    """Fix 4: where each assigned changelog partition's next record for table recovery is, by what recovery
+    has received (its seen offset, or the newest record still in its queue); partitions recovery has not
+    positioned yet are left out."""
+    recovery = tables.recovery
+    queued: dict = {}
+    for event in list(getattr(tables.changelog_queue, "_queue", ())):
+        tp, offset = event.message.tp, event.message.offset
+        queued[tp] = max(queued.get(tp, -1), offset)
+    expected = {}
+    for tp in assignment:
+        if tp.topic not in tables.changelog_topics:
+            continue
+        if tp in recovery.active_tps:
+            seen = recovery.active_offsets.get(tp)
+        elif tp in recovery.standby_tps:
+            seen = recovery.standby_offsets.get(tp)
+        else:
+            continue
+        if seen is not None:
+            expected[tp] = max(seen, queued.get(tp, -1)) + 1
+    return expected
+
+
+async def reposition_changelogs(consumer, expected: Mapping) -> None:
+    """Fix 4: seek each changelog partition whose fetch position went past the records recovery received back
+    to the first one it lacks (aiokafka's consumer, on its own thread)."""
+    for tp, offset in expected.items():
+        if tp not in consumer.assignment():
+            continue
+        position = await consumer.position(tp)
+        if position is not None and position > offset:
+            log.info(
+                "%s: %d changelog record(s) fetched but not delivered to table recovery: fetching them again "
+                "from offset %d", tp, position - offset, offset,
+            )  # fmt: skip
+            consumer.seek(tp, offset)
 
 
 #: Attribute that marks a flow-controlled queue to keep its contents when flow resumes while already on.
@@ -121,7 +177,11 @@ def _clear_queues_on_real_resume_only() -> None:
         self._resume.set()
         for queue in list(self._queues):
             if was_suspended or not getattr(queue, KEEP_ON_RESUME_ATTR, False):
+                if TRACE and queue.qsize() and getattr(queue, KEEP_ON_RESUME_ATTR, False):
+                    log.info("trace flow resume: %d queued changelog record(s) cleared", queue.qsize())
                 queue.clear()
+            elif TRACE and queue.qsize():
+                log.info("trace flow resume: %d queued changelog record(s) kept", queue.qsize())
 
     resume.__doc__ = "Resume production into the managed queues, clearing them (fix 3: marked ones only if suspended)."
     FlowControlEvent.resume = resume

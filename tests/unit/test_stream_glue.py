@@ -299,10 +299,12 @@ def test_partitions_without_a_committed_offset_are_sought_to_the_beginning():
         async def seek_to_beginning(self, *tps):
             sought.extend(tps)
 
-    thread = SimpleNamespace(
-        _ensure_consumer=lambda: Consumer(),
-        app=SimpleNamespace(tables=SimpleNamespace(changelog_topics={"changelog"})),
-    )
+        def assignment(self):
+            return {TP("pay", 0), TP("pay", 1), TP("pay", 2), TP("changelog", 0)}
+
+    recovery = SimpleNamespace(active_tps=set(), standby_tps=set(), active_offsets={}, standby_offsets={})
+    tables = SimpleNamespace(changelog_topics={"changelog"}, recovery=recovery, changelog_queue=asyncio.Queue())
+    thread = SimpleNamespace(_ensure_consumer=lambda: Consumer(), app=SimpleNamespace(tables=tables))
 
     async def call_thread(fn):
         return await fn()
@@ -311,6 +313,40 @@ def test_partitions_without_a_committed_offset_are_sought_to_the_beginning():
     committed = asyncio.run(AIOKafkaConsumerThread.seek_to_committed(thread))
     assert committed[TP("pay", 2)] == 17
     assert sorted(sought) == [TP("pay", 0), TP("pay", 1)]  # the changelog is positioned by table recovery
+
+
+def test_changelog_partitions_fetched_past_what_recovery_received_are_sought_back():
+    """Faust drops a fetch that arrives while flow is off and seeks back to committed offsets, which changelog
+    partitions do not have: each is put back to the first record its recovery has not received."""
+    cl = "app-set-changelog"
+    active, standby, idle, queued_tp = TP(cl, 0), TP(cl, 1), TP(cl, 2), TP(cl, 3)
+    recovery = SimpleNamespace(
+        active_tps={active, queued_tp}, standby_tps={standby},
+        active_offsets={active: 471, queued_tp: 10}, standby_offsets={standby: -1},
+    )  # fmt: skip
+    queue = asyncio.Queue()
+    for offset in (11, 12):  # received by the consumer, waiting for recovery: not fetched again
+        queue.put_nowait(SimpleNamespace(message=SimpleNamespace(tp=queued_tp, offset=offset)))
+    tables = SimpleNamespace(changelog_topics={cl}, recovery=recovery, changelog_queue=queue)
+    expected = faust_fixes.recovery_positions(tables, {active, standby, idle, queued_tp, TP("pay", 0)})
+    assert expected == {active: 472, standby: 0, queued_tp: 13}  # idle: not positioned by recovery yet
+
+    class Consumer:
+        positions = {active: 500, standby: 0, queued_tp: 13}
+        sought: dict = {}
+
+        def assignment(self):
+            return set(self.positions)
+
+        async def position(self, tp):
+            return self.positions[tp]
+
+        def seek(self, tp, offset):
+            self.sought[tp] = offset
+
+    consumer = Consumer()
+    asyncio.run(faust_fixes.reposition_changelogs(consumer, expected))
+    assert consumer.sought == {active: 472}  # 28 records dropped by Faust: fetched again
 
 
 def test_the_changelog_queue_keeps_records_when_flow_resumes_while_already_on():
