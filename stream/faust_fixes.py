@@ -152,9 +152,9 @@ async def reposition_changelogs(consumer, expected: Mapping) -> None:
             continue
         position = await consumer.position(tp)
         if position is not None and position > offset:
-            log.info(
-                "%s: %d changelog record(s) fetched but not delivered to table recovery: fetching them again "
-                "from offset %d", tp, position - offset, offset,
+            (log.info if TRACE else log.debug)(
+                "%s: %d changelog record(s) past what table recovery has received (dropped by Faust, or on their "
+                "way): fetching them again from offset %d", tp, position - offset, offset,
             )  # fmt: skip
             consumer.seek(tp, offset)
 
