@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .ports import release
-from .transaction import TRACE
+from .trace import TRACE
 
 log = logging.getLogger(__name__)
 

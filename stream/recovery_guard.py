@@ -24,7 +24,7 @@ from aggregations.bookkeeping import (
 from aggregations.codec import EntityStateCodec, StateMismatch
 
 from .state_cache import StateCache
-from .transaction import TRACE
+from .trace import TRACE
 
 log = logging.getLogger(__name__)
 

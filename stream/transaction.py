@@ -40,7 +40,6 @@ import asyncio
 import enum
 import inspect
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -50,11 +49,9 @@ from aggregations.bookkeeping import CHECKPOINT_KEY, Checkpoint
 
 from .forwarding import forwarded_groups
 from .processor import BatchProcessor, BatchResult, StateWrite
+from .trace import TRACE
 
 log = logging.getLogger(__name__)
-#: ``FEATURESTREAM_TRACE=1``: one log line per batch (offsets, checkpoints, outcome), to follow a partition's
-#: history across owners when a fault test finds a discrepancy.
-TRACE = os.environ.get("FEATURESTREAM_TRACE", "") not in ("", "0")
 
 
 class TxState(enum.Enum):
@@ -171,6 +168,7 @@ class PartitionTransaction:
         self.now_ms = now_ms
         self.state = TxState.STARTED
         self._on_step = on_step
+        self._before: dict[int, int] = {}  # each partition's checkpoint position when the batch began (trace)
 
     def _step(self, state: TxState) -> None:
         self.state = state
@@ -264,7 +262,7 @@ class PartitionTransaction:
             span[0], span[1], span[2] = min(span[0], m.offset), max(span[1], m.offset), span[2] + 1
         log.info(
             "trace tx %s gen %s %s: %s skipped %d applied %d%s", self.kind.value, self.token, outcome.state.value,
-            " ".join(f"p{p}[{a}..{b} n{n} cp{getattr(self, '_before', {}).get(p)}]" for p, (a, b, n) in sorted(spans.items())), outcome.skipped,
+            " ".join(f"p{p}[{a}..{b} n{n} cp{self._before.get(p)}]" for p, (a, b, n) in sorted(spans.items())), outcome.skipped,
             outcome.result.applied, f" ({outcome.reason})" if outcome.reason else "",
         )  # fmt: skip
 
