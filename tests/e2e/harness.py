@@ -166,11 +166,25 @@ class Worker(Proc):
 
     def healthy(self) -> bool:
         if not self.alive():
+            if self._lost_port_race():
+                self._reap(1)
+                self.launch()  # another process took the free port between our pick and the worker's bind
+                return False
             pytest.fail(f"worker {self.name} exited with {self.proc.returncode}\n{self.log_tail()}", pytrace=False)
         try:
             return http_json("GET", f"{self.url}/health", timeout=5)[0] == 200
         except OSError:
             return False
+
+    def _lost_port_race(self) -> bool:
+        """The worker exited because its web port was taken (``free_port`` cannot reserve it), at most twice."""
+        self.port_races = getattr(self, "port_races", 0)
+        try:
+            lost = f"('127.0.0.1', {self.port}): address already in use" in self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+        self.port_races += lost
+        return lost and self.port_races <= 2
 
     def wait_healthy(self) -> None:
         wait_for(self.healthy, f"worker {self.name} healthy", interval=0.3, detail=self.log_tail)
