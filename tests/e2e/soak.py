@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     a = Worker(bootstrap, work / "a", prefix, app_id, work, "a")
     reader = Reader(a, users, args.read_rate, random.Random(rng.random())) if args.read_rate > 0 else None
     rows: list[Row] = []
+    cycle_workers: list[Worker] = []  # b and c of the cycle under way: stopped too if the soak fails
     print(f"soak: broker {bootstrap}, topic {topic}, logs in {work}", flush=True)
     try:
         a.start()
@@ -165,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             # restore the whole changelog every time, which grows with the stream).
             b = Worker(bootstrap, work / "b", prefix, app_id, work, f"b{cycle}")
             c = Worker(bootstrap, work / "c", prefix, app_id, work, f"c{cycle}")
+            cycle_workers[:] = [b, c]
             b.launch()
             c.launch()
             b.wait_healthy()
@@ -201,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
             reader.stopped.set()
         feeder.running.clear()
         producer.close()
+        for w in cycle_workers:
+            w.stop()
         a.stop()
         if broker is not None and not args.keep:
             broker.stop(wipe=True)
