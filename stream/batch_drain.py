@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .ports import release
-from .trace import TRACE
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +142,6 @@ async def _drain_messages(self, fetcher) -> None:
             await self.sleep(0)
             if not self.should_stop:
                 redelivered: dict = {}
-                dropped: dict = {}
                 async for tp, message in ait:
                     offset = message.offset
                     r_offset = get_read_offset(tp)
@@ -153,8 +151,6 @@ async def _drain_messages(self, fetcher) -> None:
                         # goes to its transaction, which skips what its checkpoint says is done.
                         redelivered[tp] = redelivered.get(tp, 0) + 1
                     elif not (r_offset is None or offset >= r_offset):
-                        if TRACE:
-                            dropped[tp] = dropped.get(tp, 0) + 1
                         continue  # Faust's own topics: fetched again after a seek, already delivered
                     gap = offset - (r_offset or 0)
                     if gap > 1 and r_offset and acks_enabled_for(message.topic):
@@ -178,8 +174,6 @@ async def _drain_messages(self, fetcher) -> None:
                     set_read_offset(tp, offset)
                 unset_flag(CONSUMER_FETCHING)
                 mark_inbound(app, batches)
-                for tp, n in dropped.items():
-                    log.info("trace drain: %d message(s) of %s below its read offset %s dropped", n, tp, get_read_offset(tp))
                 for tp, n in redelivered.items():
                     log.info("%d message(s) of %s redelivered below its read offset after a seek", n, tp)
             try:

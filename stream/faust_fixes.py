@@ -145,8 +145,9 @@ def recovery_positions(tables, assignment) -> dict:
 async def reposition_changelogs(consumer, expected: Mapping) -> None:
     """Fix 4: seek each changelog partition whose fetch position went past the records recovery received back
     to the first one it lacks (aiokafka's consumer, on its own thread)."""
+    assigned = consumer.assignment()
     for tp, offset in expected.items():
-        if tp not in consumer.assignment():
+        if tp not in assigned:
             continue
         position = await consumer.position(tp)
         if position is not None and position > offset:
@@ -175,8 +176,6 @@ def _clear_queues_on_real_resume_only() -> None:
         self._resume.set()
         for queue in list(self._queues):
             if was_suspended or not getattr(queue, KEEP_ON_RESUME_ATTR, False):
-                if TRACE and queue.qsize() and getattr(queue, KEEP_ON_RESUME_ATTR, False):
-                    log.info("trace flow resume: %d queued changelog record(s) cleared", queue.qsize())
                 queue.clear()
             elif TRACE and queue.qsize():
                 log.info("trace flow resume: %d queued changelog record(s) kept", queue.qsize())

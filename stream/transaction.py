@@ -202,7 +202,8 @@ class PartitionTransaction:
         if not ports.fence.may_start(self.token):
             return self._abandon("a rebalance began before the batch started")
         checkpoints, present = self._checkpoints()
-        self._before = {p: self._position(c) for p, c in checkpoints.items()}
+        if TRACE:
+            self._before = {p: self._position(c) for p, c in checkpoints.items()}
         gaps = self._gaps(checkpoints, present)
         if gaps:
             outcome = self._abandon(f"the batch begins past its checkpoint {gaps}")

@@ -150,6 +150,7 @@ class Worker(Proc):
         super().__init__(log_dir, name)
         self.broker, self.state_dir, self.prefix, self.app_id = broker, state_dir, prefix, app_id
         self.port = 0
+        self.port_races = 0
 
     @property
     def url(self) -> str:
@@ -178,7 +179,6 @@ class Worker(Proc):
 
     def _lost_port_race(self) -> bool:
         """The worker exited because its web port was taken (``free_port`` cannot reserve it), at most twice."""
-        self.port_races = getattr(self, "port_races", 0)
         try:
             lost = f"('127.0.0.1', {self.port}): address already in use" in self.log_path.read_text(errors="replace")
         except OSError:
