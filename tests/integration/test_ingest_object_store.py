@@ -80,3 +80,29 @@ def test_history_ingests_at_the_same_moment_on_an_object_store(s3_store):
     stored = read_events(TX, s3_store)
     for r, batch in zip(results, batches, strict=True):
         assert sorted(stored.loc[stored["_partition"] == r.partition, "_offset"]) == list(range(len(batch)))
+
+
+
+def _claim_at_once(root, ingest_ids: list[str]) -> list[int]:
+    """The partitions that ingests with these ids claim, all released at the same moment."""
+    start = threading.Barrier(len(ingest_ids))
+    got: list = [None] * len(ingest_ids)
+
+    def claim(i: int) -> None:
+        start.wait()
+        got[i] = IngestRecords(root).partition(ingest_ids[i], rows=1)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(ingest_ids))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
+
+
+def test_racing_claims_on_an_object_store_never_share_a_partition(s3_store):
+    """The claim-then-check protocol under contention, many rounds: four ingests at once, each its own partition."""
+    for r in range(25):
+        root = dataset_dir(f"{s3_store}/round-{r}", "transactions")
+        got = _claim_at_once(root, [f"{i:08x}{r:08x}" for i in range(4)])
+        assert sorted(got) == list(range(INGEST_PARTITION_BASE, INGEST_PARTITION_BASE + 4)), (r, got)

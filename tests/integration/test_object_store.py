@@ -7,6 +7,8 @@ readable for the grace period, and show each event exactly once before, during a
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,6 +64,37 @@ def test_store_path_basics(s3_store):
     assert not f.exists()
     with pytest.raises(ValueError):
         open_location("gs://bucket/prefix")
+
+
+def test_a_listing_shows_every_object_written_before_it_while_others_are_written(s3_store):
+    """Read-after-write for listings, the guarantee the ingest claims and the maintenance journals rely on.
+
+    AWS S3 and MinIO give it; S3Proxy's filesystem-nio2 backend does not (a listing that races a PUT in the
+    same prefix ends early, silently), which is why deploy/s3proxy runs its ``filesystem`` backend.
+    """
+    root = open_location(s3_store) / "listing"
+    before = {f"before-{i:03d}" for i in range(40)}
+    for name in before:
+        (root / name).write_text("x")
+    stop = threading.Event()
+
+    def write_and_delete(writer: int) -> None:
+        i = 0
+        while not stop.is_set():
+            (root / f"during-{writer}-{i}").write_text("y")
+            (root / f"during-{writer}-{i}").unlink()
+            i += 1
+
+    writers = [threading.Thread(target=write_and_delete, args=(w,)) for w in range(3)]
+    for t in writers:
+        t.start()
+    try:
+        missing = [len(before - {e.name for e in root.iterdir()}) for _ in range(80)]
+    finally:
+        stop.set()
+        for t in writers:
+            t.join()
+    assert [m for m in missing if m] == [], "listings that left out objects written before them"
 
 
 @pytest.mark.parametrize("partitions", [1, 3])
