@@ -26,7 +26,7 @@ from .agent import DEFAULT_BATCH_MAX, FeatureSetAgent
 from .metrics import WorkerMetrics
 from .reading import FeatureReader
 from .status import WorkerStatus
-from .topics import DEFAULT_PARTITIONS, SetTopics, bootstrap_servers, resolve_topics
+from .topics import DEFAULT_PARTITIONS, SetTopics, bootstrap_servers, ensure_changelogs, resolve_topics
 from .versions import guard_versions
 from .views import ServingContext, register_views
 
@@ -80,6 +80,7 @@ def create_app(
     faust_fixes.apply()
     store_options.install()
     sets = list(registry.feature_sets.values())
+    declare_changelogs = topics is None  # given topics: the caller set up the broker (unit tests: none)
     if topics is None:
         topics = resolve_topics(
             broker, sets, prefix=topic_prefix, partitions=partitions, client_config=kafka_client_config
@@ -138,6 +139,11 @@ def create_app(
         tables[fs.name] = table
         readers[fs.name] = FeatureReader(fs)
         agents[fs.name] = FeatureSetAgent(app, fs, t, table, metrics, max_future, batch_max=batch_max)
+    if declare_changelogs:
+        ensure_changelogs(
+            broker, {table.changelog_topic.get_topic_name(): table.partitions for table in tables.values()},
+            client_config=kafka_client_config,
+        )  # fmt: skip
     faust_fixes.keep_changelog_events(app)
     status = WorkerStatus(
         worker_id, app_id, bootstrap_servers(broker), str(app.conf.canonical_url),

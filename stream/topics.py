@@ -21,6 +21,7 @@ from aggregations.naming import BY_ENTITY_SUFFIX
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 4
+CHANGELOG_CONFIGS = {"cleanup.policy": "compact"}  # what Faust gives a table's changelog: the latest state per key
 REPARTITION_SUFFIX = BY_ENTITY_SUFFIX
 
 
@@ -66,22 +67,7 @@ def resolve_topics(
     Retries while the broker is unreachable, up to ``timeout_s``; then raises the last error.
     ``client_config``: extra kafka-python arguments (TLS/SASL).
     """
-    from kafka import KafkaAdminClient  # imported here: pure unit tests never need kafka-python
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap_servers(broker),
-                client_id="featurestream-worker-setup",
-                **dict(client_config or {}),
-            )
-            break
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                raise ConnectionError(f"cannot reach Kafka at {broker}: {exc}") from exc
-            log.warning("waiting for Kafka at %s: %s", broker, exc)
-            time.sleep(1.0)
+    admin = _admin(broker, timeout_s, client_config)
     try:
         sets = list(feature_sets)
         sources = {fs.name: topic_names(fs, prefix) for fs in sets}
@@ -106,6 +92,54 @@ def resolve_topics(
         return {name: SetTopics(s, d, lt, counts[s]) for name, (s, d, lt) in sources.items()}
     finally:
         admin.close()
+
+
+def ensure_changelogs(
+    broker: str, changelogs: Mapping[str, int], timeout_s: float = 60.0, client_config: Mapping | None = None
+) -> None:
+    """Create the tables' changelog topics that do not exist (compacted, ``changelogs``: name -> partitions),
+    and wait until the broker's metadata shows every one of them with a leader per partition.
+
+    Faust creates a missing changelog itself moments before its consumer subscribes; when the consumer's
+    metadata does not show the new topic yet, the group assigns partitions without it ("Ignoring missing
+    topic") and the worker runs without its tables' partitions until its metadata is refreshed, minutes later.
+    """
+    if not changelogs:
+        return
+    admin = _admin(broker, timeout_s, client_config)
+    try:
+        existing = set(admin.list_topics())
+        missing = {name: n for name, n in changelogs.items() if name not in existing}
+        if missing:
+            log.info("creating changelog topic(s) %s", sorted(missing))
+            specs = {"replication_factor": -1, "configs": dict(CHANGELOG_CONFIGS)}
+            admin.create_topics(
+                {name: {"num_partitions": n, **specs} for name, n in missing.items()},
+                timeout_ms=30_000,
+                raise_errors=False,  # another worker may have created them a moment ago
+            )
+        admin.wait_for_topics(list(changelogs), timeout_ms=int(timeout_s * 1000))
+    finally:
+        admin.close()
+
+
+def _admin(broker: str, timeout_s: float, client_config: Mapping | None):
+    """A kafka-python admin client, retrying while the broker is unreachable, up to ``timeout_s``."""
+    from kafka import KafkaAdminClient  # imported here: pure unit tests never need kafka-python
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return KafkaAdminClient(
+                bootstrap_servers=bootstrap_servers(broker),
+                client_id="featurestream-worker-setup",
+                **dict(client_config or {}),
+            )
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"cannot reach Kafka at {broker}: {exc}") from exc
+            log.warning("waiting for Kafka at %s: %s", broker, exc)
+            time.sleep(1.0)
 
 
 def _partition_counts(admin, topics: list[str]) -> dict[str, int]:

@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from aggregations.loading import load_registry
+from aggregations.naming import changelog_topic
 from stream.auth import TOKEN_ENV, client_headers
 from stream.envelope import open_envelope
 from tests import oracle
@@ -249,6 +251,23 @@ def test_features_match_the_oracle(run):
         assert_oracle(events, body, user)
     assert worker.metric("featurestream_events_applied_total") == 400
     assert worker.metric("featurestream_events_duplicate_total") == 0
+
+
+def test_the_changelog_exists_compacted_before_the_worker_joins_its_group(run):
+    """``stream.topics.ensure_changelogs``: the worker creates its table's changelog and waits for it to show in
+    the broker's metadata before Faust subscribes, so no assignment leaves the changelog out."""
+    worker = run["worker"]
+    topic = changelog_topic(TX, worker.app_id)
+    admin = KafkaAdminClient(bootstrap_servers=run["bootstrap"], client_id="featurestream-tests")
+    try:
+        (described,) = admin.describe_topics([topic])
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        admin.close()
+    assert len(described["partitions"]) == PARTITIONS
+    assert configs["topic"][topic]["cleanup.policy"]["value"] == "compact", configs
+    log = worker.log_path.read_text(errors="replace")
+    assert "Ignoring missing topic" not in log and "not found in cluster metadata" not in log
 
 
 def test_events_outside_their_entitys_partition_are_forwarded_and_counted_once(run):
