@@ -10,6 +10,7 @@
    ~10 empty fetches a second.
 3. Standby changelog records dropped after a rebalance (``keep_changelog_events``, below).
 4. Changelog records fetched while flow is off, dropped for good (``reposition_changelogs``, below).
+5. A worker whose broker is gone takes a minute to stop (``_finish_fetcher_close``, below).
 
 Fix 1 in detail.
 
@@ -113,6 +114,7 @@ def apply() -> None:
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
     _clear_queues_on_real_resume_only()
+    _finish_fetcher_close()
     if TRACE:
         _trace_commits()
     _APPLIED = True
@@ -200,3 +202,32 @@ def _trace_commits() -> None:
         return done
 
     Consumer._commit_offsets = _commit_offsets
+
+
+def _finish_fetcher_close() -> None:
+    """Fix 5: aiokafka 0.14's ``Fetcher.close`` cancels its pending fetch tasks and awaits each, so one that
+    was cancelled (a fetch retrying against a broker that is gone) raises ``CancelledError`` out of ``close``.
+    The consumer's stop then fails, Faust's consumer thread dies without signalling that it stopped, and the
+    worker waits 60 s for it before it exits. This ``close`` finishes the job instead: it cancels the pending
+    tasks and waits for all of them, re-raising only a cancellation of the close itself."""
+    import asyncio
+
+    from aiokafka.consumer.fetcher import Fetcher
+
+    close = Fetcher.close
+
+    async def finish_close(self) -> None:
+        try:
+            await close(self)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            pending = list(self._pending_tasks)
+            for fetch in pending:
+                fetch.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    finish_close.__doc__ = close.__doc__
+    finish_close.__wrapped_close__ = close  # aiokafka's own, for the unit test that shows the bug
+    Fetcher.close = finish_close

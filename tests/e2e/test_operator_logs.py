@@ -30,6 +30,7 @@ from .harness import (
 pytestmark = pytest.mark.e2e
 
 OUTAGE_S = 10.0
+STOP_WITHIN_S = 10.0  # docker stop's default grace period
 LOG_LINE = re.compile(r"^\[[^\]]+\] \[\d+\] \[(?P<level>[A-Z]+)\] ", re.M)
 
 
@@ -96,4 +97,28 @@ def test_broker_outage_is_a_few_lines_and_an_unhealthy_health(tmp_path):
             producer.close()
         worker.stop()
         sink.stop()
+        broker.stop(wipe=True)
+
+
+def test_a_worker_whose_broker_is_gone_stops_at_once_on_sigterm(tmp_path):
+    """``docker stop`` gives 10 s before SIGKILL: a worker must not spend them waiting for a broker that is gone
+    (aiokafka's fetcher close raised out of the consumer's stop, and the worker waited 60 s for its thread)."""
+    broker = Broker(tmp_path / "kafka")
+    broker.start()
+    prefix, app_id, _group = unique_names("gone")
+    worker = Worker(broker.bootstrap, tmp_path / "state", prefix, app_id, tmp_path, "worker")
+    try:
+        create_topic(broker.bootstrap, f"{prefix}transactions", 4)
+        worker.start()
+        wait_for(lambda: health(worker)[0] == 200, "the worker ready", detail=worker.log_tail)
+        broker.stop()
+        wait_for(lambda: health(worker)[0] == 503, "/health 503 with the broker down", timeout=30, detail=worker.log_tail)
+        asked = time.monotonic()
+        code = worker.stop(timeout=STOP_WITHIN_S)
+        took = time.monotonic() - asked
+        log = worker.log_path.read_text()
+        assert took < STOP_WITHIN_S and code == 0, (took, code, log[-4000:])
+        assert "Error while stopping child" not in log, log[-4000:]
+    finally:
+        worker.stop()
         broker.stop(wipe=True)

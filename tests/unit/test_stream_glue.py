@@ -525,3 +525,50 @@ def test_table_partitions_are_written_without_a_write_ahead_log(tmp_path):
     logs = [f for f in Path(tmp_path / "p0").iterdir() if f.suffix == ".log"]
     assert logs and all(f.stat().st_size == 0 for f in logs)
     db.close()
+
+
+def _fetcher_with_a_retrying_fetch():
+    """A real aiokafka ``Fetcher`` (its ``close`` and nothing else) with one fetch task sleeping in its retry
+    backoff, as when the broker is gone; built without a client."""
+    from aiokafka.consumer.fetcher import Fetcher
+
+    fetcher = Fetcher.__new__(Fetcher)
+    fetcher._fetch_task = asyncio.ensure_future(asyncio.sleep(3600))
+    fetcher._fetch_waiters = set()
+    fetcher._pending_tasks = {asyncio.ensure_future(asyncio.sleep(3600)), asyncio.ensure_future(asyncio.sleep(3600))}
+    return fetcher
+
+
+def test_closing_a_fetcher_with_a_fetch_in_flight_finishes_instead_of_raising():
+    from aiokafka.consumer.fetcher import Fetcher
+
+    async def close_with(close):
+        fetcher = _fetcher_with_a_retrying_fetch()
+        pending = list(fetcher._pending_tasks)
+        await asyncio.sleep(0)
+        try:
+            await close(fetcher)
+        except asyncio.CancelledError:
+            return "raised", all(t.done() for t in pending)
+        return "closed", all(t.done() for t in pending)
+
+    faust_fixes.apply()
+    assert asyncio.run(close_with(Fetcher.close.__wrapped_close__))[0] == "raised"  # aiokafka's own close
+    assert asyncio.run(close_with(Fetcher.close)) == ("closed", True)
+
+
+def test_a_cancelled_fetcher_close_is_still_cancelled():
+    from aiokafka.consumer.fetcher import Fetcher
+
+    faust_fixes.apply()
+
+    async def cancel_the_close():
+        fetcher = _fetcher_with_a_retrying_fetch()
+        closing = asyncio.ensure_future(Fetcher.close(fetcher))
+        await asyncio.sleep(0)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        return True
+
+    assert asyncio.run(cancel_the_close())
