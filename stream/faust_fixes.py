@@ -10,7 +10,7 @@
    ~10 empty fetches a second.
 3. Standby changelog records dropped after a rebalance (``keep_changelog_events``, below).
 4. Changelog records fetched while flow is off, dropped for good (``reposition_changelogs``, below).
-5. A worker whose broker is gone takes a minute to stop (``_finish_fetcher_close``, below).
+5. A worker whose broker is gone takes a minute to stop (``finish_fetcher_close``, below).
 
 Fix 1 in detail.
 
@@ -114,7 +114,7 @@ def apply() -> None:
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
     _clear_queues_on_real_resume_only()
-    _finish_fetcher_close()
+    finish_fetcher_close()
     if TRACE:
         _trace_commits()
     _APPLIED = True
@@ -204,8 +204,8 @@ def _trace_commits() -> None:
     Consumer._commit_offsets = _commit_offsets
 
 
-def _finish_fetcher_close() -> None:
-    """Fix 5: aiokafka 0.14's ``Fetcher.close`` cancels its pending fetch tasks and awaits each, so one that
+def finish_fetcher_close() -> None:
+    """Fix 5 (idempotent; the replica's plain aiokafka consumer needs it too): aiokafka 0.14's ``Fetcher.close`` cancels its pending fetch tasks and awaits each, so one that
     was cancelled (a fetch retrying against a broker that is gone) raises ``CancelledError`` out of ``close``.
     The consumer's stop then fails, Faust's consumer thread dies without signalling that it stopped, and the
     worker waits 60 s for it before it exits. This ``close`` finishes the job instead: it cancels the pending
@@ -215,6 +215,8 @@ def _finish_fetcher_close() -> None:
     from aiokafka.consumer.fetcher import Fetcher
 
     close = Fetcher.close
+    if hasattr(close, "__wrapped_close__"):
+        return  # installed already
 
     async def finish_close(self) -> None:
         try:

@@ -38,6 +38,7 @@ from aggregations.naming import changelog_topic
 
 from . import auth, http_json
 from .changelog_mirror import ChangelogMirror
+from .faust_fixes import finish_fetcher_close
 from .read_batch import ReadBatcher
 from .reading import (
     BadRequest,
@@ -131,6 +132,7 @@ class ChangelogFollower:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.errors import KafkaError
 
+        finish_fetcher_close()  # its stop must not raise when the broker is gone
         last_line = float("-inf")
         while True:
             consumer = AIOKafkaConsumer(
