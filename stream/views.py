@@ -4,8 +4,8 @@
   t = now (ms), per the window contract; an entity without state reads as empty windows. Each set
   has its own route; a key whose partition is active here is read from that partition's store
   (``LocalState``), any other is forwarded to the worker that owns the partition in the group's assignment
-  (503 with the reason while no owner is known, or while the partition is assigned here but not recovered
-  yet); a catch-all route answers 404 for unknown sets. Query
+  (503 with the reason while no owner is known, or while a rebalance and its table recovery are under way
+  here); a catch-all route answers 404 for unknown sets. Query
   parameters named like on-read inputs (e.g. ``amount``) feed on-read features. Reads that arrive together
   are computed together (``read_batch``).
 * ``POST /vectors/{vector}`` with ``{"entities": [{...}, ...]}`` (at most 1000) -> one result per
@@ -136,8 +136,9 @@ class LocalState:
     owner of any other key.
 
     A key's partition is its home partition (``aggregations.bookkeeping``), the one Faust's router hashes
-    it to. ``get`` answers ``(True, blob)`` when that partition is active here, ``(False, None)`` when it is
-    not (another worker owns it, or the assignment is not settled). ``owner`` names the worker that owns the
+    it to. ``get`` answers ``(True, blob)`` when that partition is active here and the worker is ready (``is_ready``,
+    what ``/health`` answers 200 on), ``(False, None)`` when it is not (another worker owns it, or a rebalance
+    and its table recovery are under way: reads wait for them, as Kafka Streams' interactive queries do). ``owner`` names the worker that owns the
     partition in the group's current assignment. Both compute the partition here: Faust's router asks the
     producer's partitioner, which fails while the producer has no metadata of the table's topic (a worker
     that has produced nothing yet may not), and may probe every partition's store.
@@ -159,8 +160,8 @@ class LocalState:
         tp = self._tps.get(partition)
         if tp is None:
             tp = self._tps[partition] = TP(self.topic, partition)
-        if not self.app.assignor.is_active(tp):
-            return False, None
+        if not self.app.assignor.is_active(tp) or not is_ready(self.app):
+            return False, None  # active is not enough: Faust makes a partition active before its recovery ends
         try:  # on the web server's thread: never open a database (Faust does, on its loop)
             return True, self.cache.get(partition, key, open_db=False)
         except PartitionNotOpen:  # active, but its database is being opened or dropped: a rebalance
@@ -256,7 +257,7 @@ class _Unavailable(RuntimeError):
 
 
 NO_OWNER = "no worker owns this key's partition in the group's assignment yet (a rebalance is under way); retry"
-NOT_HERE = "this key's partition is not served here yet (a rebalance is under way); retry"
+NOT_HERE = "this key's partition is not served here yet (a rebalance or its recovery is under way); retry"
 
 
 async def _vector_response(app, ctx: ServingContext, view: View, request, vector_name: str) -> dict:
