@@ -84,8 +84,16 @@ async def _scenario(tmp_path) -> None:
                 response = await call
                 assert response.status == 503 and "not served here" in (await response.json())["error"]
             assert store._dbs == {}
-        for partition in range(6):  # opened by the worker: read here (no state yet: empty windows)
+        for partition in range(6):  # opened by the worker, but its first recovery has not completed: 503 "retry"
             store._db_for_partition(partition)
+        response = await client.get("/features/transactions/u1?features=amount_count_1h")
+        assert response.status == 503 and "not served here" in (await response.json())["error"]
+        recovery = app.tables.recovery
+        recovery.completed.set()
+        recovery.in_recovery = True  # a later rebalance's recovery under way (Faust made the partition active)
+        response = await client.get("/features/transactions/u1?features=amount_count_1h")
+        assert response.status == 503 and "not served here" in (await response.json())["error"]
+        recovery.in_recovery = False  # recovered: read here (no state yet: empty windows)
         response = await client.get("/features/transactions/u1?features=amount_count_1h")
         assert response.status == 200 and (await response.json())["features"] == {"amount_count_1h": 0}
         for db in store._dbs.values():
