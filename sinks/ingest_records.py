@@ -21,8 +21,8 @@ claims, the one checked later was checked after the other was written, and a kep
 so two ingests never both keep one partition and two runs of one ingest never keep two. This needs a listing
 to show every object written before it (read-after-write consistency: local file systems, AWS S3, MinIO and
 S3Proxy's ``filesystem`` backend give it; S3Proxy's ``filesystem-nio2`` backend does not: a listing racing a
-PUT in the same prefix ends early). Runs of the same ingest at the same moment write identical files (named by partition,
-day and block offsets), so they cannot duplicate rows either.
+PUT in the same prefix ends early). Runs of the same ingest at the same moment write identical files (named
+by partition, day and block offsets), so they cannot duplicate rows either.
 """
 
 from __future__ import annotations

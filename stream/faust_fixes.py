@@ -205,11 +205,13 @@ def _trace_commits() -> None:
 
 
 def finish_fetcher_close() -> None:
-    """Fix 5 (idempotent; the replica's plain aiokafka consumer needs it too): aiokafka 0.14's ``Fetcher.close`` cancels its pending fetch tasks and awaits each, so one that
-    was cancelled (a fetch retrying against a broker that is gone) raises ``CancelledError`` out of ``close``.
-    The consumer's stop then fails, Faust's consumer thread dies without signalling that it stopped, and the
-    worker waits 60 s for it before it exits. This ``close`` finishes the job instead: it cancels the pending
-    tasks and waits for all of them, re-raising only a cancellation of the close itself."""
+    """Fix 5 (idempotent; the replica's plain aiokafka consumer needs it too).
+
+    aiokafka 0.14's ``Fetcher.close`` cancels its pending fetch tasks and awaits each, so one that was
+    cancelled (a fetch retrying against a broker that is gone) raises ``CancelledError`` out of ``close``.
+    The consumer's stop then fails, Faust's consumer thread dies without signalling that it stopped, and
+    the worker waits 60 s for it before it exits. This ``close`` finishes the job instead: it cancels the
+    pending tasks and waits for all of them, re-raising only a cancellation of the close itself."""
     import asyncio
 
     from aiokafka.consumer.fetcher import Fetcher

@@ -21,7 +21,7 @@ from aggregations.naming import BY_ENTITY_SUFFIX
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 4
-CHANGELOG_CONFIGS = {"cleanup.policy": "compact"}  # what Faust gives a table's changelog: the latest state per key
+CHANGELOG_CONFIGS = {"cleanup.policy": "compact"}  # as Faust makes a table's changelog: latest state per key
 REPARTITION_SUFFIX = BY_ENTITY_SUFFIX
 
 

@@ -136,12 +136,13 @@ class LocalState:
     owner of any other key.
 
     A key's partition is its home partition (``aggregations.bookkeeping``), the one Faust's router hashes
-    it to. ``get`` answers ``(True, blob)`` when that partition is active here and the worker is ready (``is_ready``,
-    what ``/health`` answers 200 on), ``(False, None)`` when it is not (another worker owns it, or a rebalance
-    and its table recovery are under way: reads wait for them, as Kafka Streams' interactive queries do). ``owner`` names the worker that owns the
-    partition in the group's current assignment. Both compute the partition here: Faust's router asks the
-    producer's partitioner, which fails while the producer has no metadata of the table's topic (a worker
-    that has produced nothing yet may not), and may probe every partition's store.
+    it to. ``get`` answers ``(True, blob)`` when that partition is active here and the worker is ready
+    (``is_ready``, what ``/health`` answers 200 on), ``(False, None)`` when it is not (another worker owns it,
+    or a rebalance and its table recovery are under way: reads wait for them, as Kafka Streams' interactive
+    queries do). ``owner`` names the worker that owns the partition in the group's current assignment. Both
+    compute the partition here: Faust's router asks the producer's partitioner, which fails while the producer
+    has no metadata of the table's topic (a worker that has produced nothing yet may not), and may probe every
+    partition's store.
     """
 
     def __init__(self, app, table, partitions: int | None):
@@ -161,7 +162,7 @@ class LocalState:
         if tp is None:
             tp = self._tps[partition] = TP(self.topic, partition)
         if not self.app.assignor.is_active(tp) or not is_ready(self.app):
-            return False, None  # active is not enough: Faust makes a partition active before its recovery ends
+            return False, None  # Faust makes a partition active before its recovery ends: wait for ready
         try:  # on the web server's thread: never open a database (Faust does, on its loop)
             return True, self.cache.get(partition, key, open_db=False)
         except PartitionNotOpen:  # active, but its database is being opened or dropped: a rebalance

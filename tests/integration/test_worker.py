@@ -267,6 +267,7 @@ def test_the_changelog_exists_compacted_before_the_worker_joins_its_group(run):
     assert len(described["partitions"]) == PARTITIONS
     assert configs["topic"][topic]["cleanup.policy"]["value"] == "compact", configs
     log = worker.log_path.read_text(errors="replace")
+    assert f"Topic '{topic}' created." not in log, "Faust created the changelog: it did not exist before it joined"
     assert "Ignoring missing topic" not in log and "not found in cluster metadata" not in log
 
 
